@@ -134,7 +134,8 @@ def _convert(cls: type[Any], name: str, value: Any, origin: str) -> Any:
                 raise ValueError
             return value
     except ValueError:
-        raise SettingsError(f"{origin}: {name} must be a {kind}, not {value!r}") from None
+        noun = {"int": "an integer", "float": "a number", "str": "a string"}.get(kind, kind)
+        raise SettingsError(f"{origin}: {name} must be {noun}, not {value!r}") from None
     raise SettingsError(f"{origin}: {name} cannot be set here")
 
 

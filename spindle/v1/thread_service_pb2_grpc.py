@@ -81,6 +81,11 @@ class ThreadServiceStub:
                 request_serializer=spindle_dot_v1_dot_thread__service__pb2.InterruptTurnRequest.SerializeToString,
                 response_deserializer=spindle_dot_v1_dot_thread__service__pb2.InterruptTurnResponse.FromString,
                 _registered_method=True)
+        self.ListTurns = channel.unary_unary(
+                '/spindle.v1.ThreadService/ListTurns',
+                request_serializer=spindle_dot_v1_dot_thread__service__pb2.ListTurnsRequest.SerializeToString,
+                response_deserializer=spindle_dot_v1_dot_thread__service__pb2.ListTurnsResponse.FromString,
+                _registered_method=True)
 
 
 class ThreadServiceServicer:
@@ -152,6 +157,13 @@ class ThreadServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTurns(self, request, context):
+        """Lists a thread's turns, oldest first, with their status and usage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ThreadServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +211,11 @@ def add_ThreadServiceServicer_to_server(servicer, server):
                     servicer.InterruptTurn,
                     request_deserializer=spindle_dot_v1_dot_thread__service__pb2.InterruptTurnRequest.FromString,
                     response_serializer=spindle_dot_v1_dot_thread__service__pb2.InterruptTurnResponse.SerializeToString,
+            ),
+            'ListTurns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTurns,
+                    request_deserializer=spindle_dot_v1_dot_thread__service__pb2.ListTurnsRequest.FromString,
+                    response_serializer=spindle_dot_v1_dot_thread__service__pb2.ListTurnsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -446,6 +463,33 @@ class ThreadService:
             '/spindle.v1.ThreadService/InterruptTurn',
             spindle_dot_v1_dot_thread__service__pb2.InterruptTurnRequest.SerializeToString,
             spindle_dot_v1_dot_thread__service__pb2.InterruptTurnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTurns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spindle.v1.ThreadService/ListTurns',
+            spindle_dot_v1_dot_thread__service__pb2.ListTurnsRequest.SerializeToString,
+            spindle_dot_v1_dot_thread__service__pb2.ListTurnsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,24 @@
+"""Assembling the model-service from its settings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+
+from model_service.router import Router
+from model_service.servicer import ModelServicer
+from spindle.serving import Service
+from spindle.settings import ModelServiceSettings
+from spindle.v1 import model_service_pb2, model_service_pb2_grpc
+
+
+def build(settings: ModelServiceSettings, environ: Mapping[str, str] | None = None) -> Service:
+    router = Router.from_settings(settings, environ)
+    servicer = ModelServicer(router)
+
+    def register(server: grpc.aio.Server) -> None:
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
+
+    name = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+    return Service([name], register, router.aclose)

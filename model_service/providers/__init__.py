@@ -1,0 +1,1 @@
+"""Model providers: the embedded offline one and OpenAI-compatible HTTP ones."""

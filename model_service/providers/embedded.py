@@ -1,0 +1,108 @@
+"""The embedded offline provider: deterministic replies, no network.
+
+It is the default so that Spindle runs and is tested on one machine. Its
+prompt cache follows OpenAI's rules (see `model_service.prompt_cache`), so
+cache behaviour measured against it is the behaviour to expect upstream.
+
+Replies, from the last input item:
+- a user message `/call NAME ARGS` where NAME is a declared tool: a function
+  call of NAME with ARGS (JSON text, `{}` when empty);
+- a user message `/slow SECONDS TEXT`: the echo of TEXT, streamed evenly over
+  SECONDS (for exercising interruption and deadlines);
+- a user message `/fail CODE MESSAGE`: the call fails with that gRPC code name
+  (for example `/fail UNAVAILABLE upstream down`);
+- any other user message: `echo: ` and its text, cut to 200 characters;
+- a function call output: `received output of CALL_ID: ` and the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+
+from model_service.prompt_cache import PromptCache
+from model_service.tokenizer import render_prompt, tokenize
+from spindle import items
+from spindle.errors import ErrorCode, InvalidArgument, ModelError
+from spindle.model import Completed, ItemDone, ModelEvent, ModelRequest, TextDelta, Usage
+
+MAX_SLOW_SECONDS = 600.0
+
+
+class EmbeddedProvider:
+    def __init__(self, cache: PromptCache | None = None) -> None:
+        self.cache = cache if cache is not None else PromptCache()
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        prompt_tokens = tokenize(render_prompt(request.instructions, request.input))
+        last = request.input[-1] if request.input else None
+        call = _function_call(request, last)
+        if call is not None:
+            reply_tokens = tokenize(call.name + call.arguments)
+            cached = self.cache.use(request.prompt_cache_key, prompt_tokens)
+            yield ItemDone(call)
+            yield _completed(request, len(prompt_tokens), cached, len(reply_tokens))
+            return
+        text, seconds = _reply(last)
+        reply_tokens = tokenize(text)
+        cached = self.cache.use(request.prompt_cache_key, prompt_tokens)
+        pause = seconds / max(len(reply_tokens), 1)
+        for token in reply_tokens:
+            if pause:
+                await asyncio.sleep(pause)
+            yield TextDelta(token)
+        yield ItemDone(items.Message(items.Role.ASSISTANT, text, items.Phase.FINAL_ANSWER))
+        yield _completed(request, len(prompt_tokens), cached, len(reply_tokens))
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _completed(request: ModelRequest, prompt: int, cached: int, output: int) -> Completed:
+    digest = hashlib.blake2b(
+        f"{request.thread_id}\x00{len(request.input)}".encode(), digest_size=8
+    ).hexdigest()
+    return Completed(Usage(prompt, cached, output), response_id=f"resp_embedded_{digest}")
+
+
+def _function_call(request: ModelRequest, last: items.Item | None) -> items.FunctionCall | None:
+    if not (isinstance(last, items.Message) and last.text.startswith("/call ")):
+        return None
+    name, _, arguments = last.text[len("/call ") :].strip().partition(" ")
+    if name not in {tool.name for tool in request.tools}:
+        return None
+    digest = hashlib.blake2b(
+        f"{request.thread_id}\x00{len(request.input)}".encode(), digest_size=8
+    ).hexdigest()
+    return items.FunctionCall(f"call_{digest}", name, arguments.strip() or "{}")
+
+
+def _reply(last: items.Item | None) -> tuple[str, float]:
+    """The reply text and how many seconds to spread its streaming over."""
+    if isinstance(last, items.FunctionCallOutput):
+        return f"received output of {last.call_id}: {last.output}", 0.0
+    if not isinstance(last, items.Message):
+        return "echo: ", 0.0
+    text = last.text
+    if text.startswith("/fail "):
+        code_name, _, message = text[len("/fail ") :].strip().partition(" ")
+        try:
+            code = ErrorCode[code_name]
+        except KeyError:
+            raise InvalidArgument(f"/fail: unknown code {code_name!r}") from None
+        raise ModelError(message or "failure requested by /fail", code=code)
+    if text.startswith("/slow "):
+        seconds_text, _, rest = text[len("/slow ") :].strip().partition(" ")
+        try:
+            seconds = float(seconds_text)
+        except ValueError:
+            raise InvalidArgument(f"/slow: {seconds_text!r} is not a number of seconds") from None
+        if not 0 <= seconds <= MAX_SLOW_SECONDS:
+            raise InvalidArgument(f"/slow: seconds must be within 0..{MAX_SLOW_SECONDS:g}")
+        return f"echo: {_cut(rest)}", seconds
+    return f"echo: {_cut(text)}", 0.0
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import LoopThread, Stack, start_stack
+
+
+@pytest.fixture(scope="session")
+def loop_thread() -> Iterator[LoopThread]:
+    loop = LoopThread()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def stack(loop_thread: LoopThread, tmp_path: Path) -> Iterator[Stack]:
+    running = start_stack(loop_thread, tmp_path)
+    yield running
+    running.stop()

@@ -1,0 +1,196 @@
+"""Running real Spindle servers for tests: in-process on a background event
+loop, or as real processes, always on loopback with ephemeral ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from model_service.app import build as build_model_service
+from spindle import serving
+from spindle.settings import ModelServiceSettings, ThreadServiceSettings
+from spindle.v1 import model_service_pb2_grpc, thread_service_pb2_grpc
+from thread_service.app import build as build_thread_service
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread, for servers under synchronous tests."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@dataclass
+class Stack:
+    """A model-service and a thread-service, started in-process."""
+
+    loop: LoopThread
+    thread_settings: ThreadServiceSettings
+    model_port: int = 0
+    thread_port: int = 0
+    servers: list[serving.RunningServer] = field(default_factory=list)
+    channels: list[grpc.Channel] = field(default_factory=list)
+
+    @property
+    def threads(self) -> thread_service_pb2_grpc.ThreadServiceStub:
+        channel = grpc.insecure_channel(f"127.0.0.1:{self.thread_port}")
+        self.channels.append(channel)
+        return thread_service_pb2_grpc.ThreadServiceStub(channel)
+
+    @property
+    def models(self) -> model_service_pb2_grpc.ModelServiceStub:
+        channel = grpc.insecure_channel(f"127.0.0.1:{self.model_port}")
+        self.channels.append(channel)
+        return model_service_pb2_grpc.ModelServiceStub(channel)
+
+    def stop(self, grace: float = 1.0) -> None:
+        for channel in self.channels:
+            channel.close()
+        for server in reversed(self.servers):
+            self.loop.run(server.stop(grace))
+        self.servers.clear()
+
+
+def start_stack(
+    loop: LoopThread,
+    tmp: Path,
+    *,
+    model_settings: ModelServiceSettings | None = None,
+    max_spawn_depth: int = 4,
+    config_home: Path | None = None,
+) -> Stack:
+    model_settings = model_settings or ModelServiceSettings(config_home=tmp / "model-home")
+    model_server = loop.run(serving.start(build_model_service(model_settings), "127.0.0.1:0"))
+    settings = ThreadServiceSettings(
+        config_home=config_home or tmp / "home",
+        data_dir=tmp / "data",
+        model_service=f"127.0.0.1:{model_server.port}",
+        max_spawn_depth=max_spawn_depth,
+        sqlite_synchronous="NORMAL",
+    )
+    stack = Stack(loop, settings, model_port=model_server.port, servers=[model_server])
+    thread_server = loop.run(
+        _start_thread_service(settings)
+    )
+    stack.servers.append(thread_server)
+    stack.thread_port = thread_server.port
+    return stack
+
+
+async def _start_thread_service(settings: ThreadServiceSettings) -> serving.RunningServer:
+    return await serving.start(await build_thread_service(settings), "127.0.0.1:0")
+
+
+_LISTENING = re.compile(r"listening on [^\s:]+:(\d+)")
+
+
+class ServiceProcess:
+    """A service started with `python -m`, its log collected from stderr."""
+
+    def __init__(self, module: str, args: list[str], env: dict[str, str] | None = None):
+        self.module = module
+        self.log_lines: list[str] = []
+        self._port: Future[int] = Future()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, "--listen", "127.0.0.1:0", *args],
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log_lines.append(line.rstrip("\n"))
+            match = _LISTENING.search(line)
+            if match and not self._port.done():
+                self._port.set_result(int(match.group(1)))
+        if not self._port.done():
+            self._port.set_exception(
+                RuntimeError(f"{self.module} exited:\n" + "\n".join(self.log_lines))
+            )
+
+    @property
+    def port(self) -> int:
+        return self._port.result(timeout=30)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        return "\n".join(self.log_lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+
+@contextmanager
+def service_pair(tmp: Path, extra_thread_args: list[str] | None = None) -> Iterator[
+    tuple[ServiceProcess, ServiceProcess]
+]:
+    model = ServiceProcess("model_service", ["--config-home", str(tmp / "model-home")])
+    thread = None
+    try:
+        thread = ServiceProcess(
+            "thread_service",
+            [
+                "--model-service",
+                model.address,
+                "--data-dir",
+                str(tmp / "data"),
+                "--config-home",
+                str(tmp / "home"),
+                *(extra_thread_args or []),
+            ],
+        )
+        _ = thread.port
+        yield model, thread
+    finally:
+        if thread is not None:
+            thread.stop()
+        model.stop()
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)

@@ -1,0 +1,88 @@
+"""The embedded prompt cache follows OpenAI's published rules."""
+
+from __future__ import annotations
+
+from model_service.prompt_cache import BLOCK_TOKENS, MIN_CACHED_TOKENS, PromptCache
+from model_service.tokenizer import count_tokens, render_prompt, tokenize
+from spindle import items
+
+
+def tokens(n: int, prefix: str = "t") -> list[str]:
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+def test_prompts_under_1024_tokens_are_never_cached() -> None:
+    cache = PromptCache()
+    prompt = tokens(MIN_CACHED_TOKENS - 1)
+    assert cache.use("k", prompt) == 0
+    assert cache.use("k", prompt) == 0
+    assert len(cache) == 0
+
+
+def test_a_1024_token_prompt_is_cached_whole_on_repeat() -> None:
+    cache = PromptCache()
+    prompt = tokens(MIN_CACHED_TOKENS)
+    assert cache.use("k", prompt) == 0
+    assert cache.use("k", prompt) == MIN_CACHED_TOKENS
+
+
+def test_hits_count_the_longest_prefix_in_128_token_steps() -> None:
+    cache = PromptCache()
+    first = tokens(1500)
+    cache.use("k", first)
+    # Shares 1400 tokens with the first prompt, then differs.
+    second = first[:1400] + tokens(300, prefix="other")
+    hit = cache.use("k", second)
+    assert hit == 1280  # the longest multiple of 128 within 1400, at least 1024
+    assert hit % BLOCK_TOKENS == 0
+
+
+def test_a_prefix_shorter_than_1024_shared_tokens_is_a_miss() -> None:
+    cache = PromptCache()
+    first = tokens(2000)
+    cache.use("k", first)
+    assert cache.use("k", first[:1000] + tokens(1000, prefix="x")) == 0
+
+
+def test_entries_are_keyed_by_prompt_cache_key() -> None:
+    cache = PromptCache()
+    prompt = tokens(3000)
+    cache.use("parent", prompt)
+    assert cache.use("someone-else", prompt) == 0
+    assert cache.use("parent", prompt) == 2944  # 23 * 128
+
+
+def test_entries_expire_after_the_ttl() -> None:
+    now = [0.0]
+    cache = PromptCache(ttl=60, clock=lambda: now[0])
+    prompt = tokens(2048)
+    cache.use("k", prompt)
+    now[0] = 59
+    assert cache.use("k", prompt) == 2048
+    now[0] = 59 + 61
+    assert cache.use("k", prompt) == 0
+
+
+def test_least_recently_used_entries_are_evicted() -> None:
+    cache = PromptCache(max_entries=2)  # one 1152-token prompt holds 2 entries
+    a, b = tokens(1152, "a"), tokens(1152, "b")
+    cache.use("k", a)
+    cache.use("k", b)  # evicts both of a's entries
+    assert len(cache) == 2
+    assert cache.use("k", a) == 0
+    assert cache.use("k", a) == 1152
+
+
+def test_tokenizer_is_deterministic_and_documented() -> None:
+    assert tokenize("Hello, world") == ["Hell", "o", ",", " worl", "d"]
+    assert count_tokens("a  b") == 3  # "a", " ", " b"
+    assert tokenize("x" * 9) == ["xxxx", "xxxx", "x"]
+
+
+def test_rendering_keeps_a_shared_history_a_shared_prefix() -> None:
+    history = [
+        items.Message(items.Role.USER, "question"),
+        items.Message(items.Role.ASSISTANT, "answer", items.Phase.FINAL_ANSWER),
+    ]
+    longer = render_prompt("be brief", [*history, items.Message(items.Role.USER, "more")])
+    assert longer.startswith(render_prompt("be brief", history))

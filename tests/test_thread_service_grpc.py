@@ -1,0 +1,415 @@
+"""Every thread-service RPC through a real in-process gRPC server, with the
+real model-service behind it: results, and each error's status and message."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from spindle.v1 import common_pb2 as c
+from spindle.v1 import thread_service_pb2 as pb
+from spindle.v1 import thread_service_pb2_grpc as pb_grpc
+from tests.harness import Stack, wait_until
+
+MISSING = "00000000-0000-4000-8000-000000000000"
+
+
+def user(text: str) -> c.Item:
+    return c.Item(message=c.Message(role=c.ROLE_USER, text=text))
+
+
+def start(stub: pb_grpc.ThreadServiceStub, cwd: Path, **kwargs: str) -> pb.Thread:
+    return stub.StartThread(pb.StartThreadRequest(cwd=str(cwd), **kwargs)).thread
+
+
+def turn(
+    stub: pb_grpc.ThreadServiceStub, thread_id: str, *input_items: c.Item, tools: list[c.Tool] | None = None
+) -> list[pb.RunTurnResponse]:
+    return list(stub.RunTurn(pb.RunTurnRequest(thread_id=thread_id, input=input_items, tools=tools)))
+
+
+def fork(parent_id: str, call_id: str = "call_1", **kwargs: object) -> pb.SpawnThreadRequest:
+    return pb.SpawnThreadRequest(
+        parent_id=parent_id, fork=pb.ForkOptions(parent_spawn_call_id=call_id), **kwargs  # type: ignore[arg-type]
+    )
+
+
+def error_of(call: object, *args: object) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        result = call(*args)  # type: ignore[operator]
+        if not isinstance(result, (pb.StartThreadResponse, pb.SpawnThreadResponse)):
+            list(result) if hasattr(result, "__iter__") else result
+    return info.value
+
+
+def test_start_thread_returns_a_root_thread(stack: Stack, tmp_path: Path) -> None:
+    thread = start(stack.threads, tmp_path, model="spindle-echo", instructions="hi",
+                   agent_nickname="Root", agent_role="lead")
+    assert thread.id and thread.parent_id == ""
+    assert thread.origin == pb.THREAD_ORIGIN_START
+    assert thread.session_origin == pb.THREAD_ORIGIN_START
+    assert thread.prompt_cache_key == thread.id
+    assert (thread.depth, thread.agent_nickname, thread.agent_role) == (0, "Root", "lead")
+    assert thread.cwd == str(tmp_path) and thread.model == "spindle-echo"
+    assert thread.status == pb.THREAD_STATUS_ACTIVE
+    assert thread.trust.trusted and thread.trust.source == pb.TRUST_SOURCE_PERSISTED
+    assert thread.create_time.seconds > 0
+
+
+@pytest.mark.parametrize("cwd", ["", "relative/dir", "/no/such/dir/anywhere"])
+def test_start_thread_refuses_a_bad_cwd(stack: Stack, cwd: str) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        stack.threads.StartThread(pb.StartThreadRequest(cwd=cwd))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "cwd" in info.value.details()
+
+
+def test_spawn_fresh_and_fork(stack: Stack, tmp_path: Path) -> None:
+    stub = stack.threads
+    root = start(stub, tmp_path)
+    fresh = stub.SpawnThread(
+        pb.SpawnThreadRequest(parent_id=root.id, agent_nickname="Ada", sub_agent_kind="explorer")
+    ).thread
+    assert fresh.origin == pb.THREAD_ORIGIN_SPAWN and fresh.depth == 1
+    assert fresh.prompt_cache_key == fresh.id != root.id
+    assert (fresh.parent_id, fresh.sub_agent_kind) == (root.id, "explorer")
+    child = stub.SpawnThread(fork(root.id)).thread
+    assert child.origin == pb.THREAD_ORIGIN_FORK
+    assert child.prompt_cache_key == root.id and child.id != root.id
+    assert child.parent_spawn_call_id == "call_1"
+    grandchild = stub.SpawnThread(fork(child.id, "call_2")).thread
+    assert grandchild.prompt_cache_key == root.id and grandchild.depth == 2
+
+
+def test_spawn_errors(loop_thread: object, tmp_path: Path) -> None:
+    from tests.harness import LoopThread, start_stack
+
+    assert isinstance(loop_thread, LoopThread)
+    stack = start_stack(loop_thread, tmp_path, max_spawn_depth=1)
+    try:
+        stub = stack.threads
+        root = start(stub, tmp_path)
+        cases = [
+            (pb.SpawnThreadRequest(parent_id=root.id, fork=pb.ForkOptions()),
+             grpc.StatusCode.FAILED_PRECONDITION, "parent_spawn_call_id"),
+            (fork(MISSING), grpc.StatusCode.NOT_FOUND, f"parent thread {MISSING} does not exist"),
+            (fork("not-a-uuid"), grpc.StatusCode.INVALID_ARGUMENT, "not a thread id"),
+            (pb.SpawnThreadRequest(), grpc.StatusCode.INVALID_ARGUMENT, "parent_id is required"),
+            (pb.SpawnThreadRequest(parent_id=root.id, fork=pb.ForkOptions(
+                parent_spawn_call_id="c", mode=pb.FORK_MODE_LAST_N_TURNS)),
+             grpc.StatusCode.INVALID_ARGUMENT, "last_n_turns"),
+            (pb.SpawnThreadRequest(parent_id=root.id, fork=pb.ForkOptions(
+                parent_spawn_call_id="c", mode=99)),  # type: ignore[arg-type]
+             grpc.StatusCode.INVALID_ARGUMENT, "fork.mode"),
+        ]
+        for request, code, text in cases:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.SpawnThread(request)
+            assert info.value.code() == code, request
+            assert text in info.value.details()
+        child = stub.SpawnThread(pb.SpawnThreadRequest(parent_id=root.id)).thread
+        with pytest.raises(grpc.RpcError) as info:
+            stub.SpawnThread(fork(child.id))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "depth limit" in info.value.details()
+        stub.ArchiveThread(pb.ArchiveThreadRequest(thread_id=root.id))
+        with pytest.raises(grpc.RpcError) as info:
+            stub.SpawnThread(pb.SpawnThreadRequest(parent_id=root.id))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "archived" in info.value.details()
+    finally:
+        stack.stop()
+
+
+def test_resume_get_archive(stack: Stack, tmp_path: Path) -> None:
+    stub = stack.threads
+    root = start(stub, tmp_path)
+    turn(stub, root.id, user("hello"))
+    child = stub.SpawnThread(fork(root.id, agent_nickname="Bo", agent_role="r")).thread
+    resumed = stub.ResumeThread(pb.ResumeThreadRequest(thread_id=child.id))
+    assert resumed.thread.id == child.id
+    assert resumed.thread.prompt_cache_key == child.id
+    assert resumed.thread.session_origin == pb.THREAD_ORIGIN_RESUME
+    assert resumed.thread.origin == pb.THREAD_ORIGIN_FORK
+    assert (resumed.thread.agent_nickname, resumed.thread.agent_role) == ("Bo", "r")
+    assert resumed.history_length == 2
+    got = stub.GetThread(pb.GetThreadRequest(thread_id=child.id)).thread
+    assert got.prompt_cache_key == child.id
+    archived = stub.ArchiveThread(pb.ArchiveThreadRequest(thread_id=child.id)).thread
+    assert archived.status == pb.THREAD_STATUS_ARCHIVED
+    again = stub.ArchiveThread(pb.ArchiveThreadRequest(thread_id=child.id)).thread
+    assert again.status == pb.THREAD_STATUS_ARCHIVED
+    for call, request, code, text in [
+        (stub.ResumeThread, pb.ResumeThreadRequest(thread_id=child.id),
+         grpc.StatusCode.FAILED_PRECONDITION, "archived"),
+        (stub.ResumeThread, pb.ResumeThreadRequest(thread_id=MISSING),
+         grpc.StatusCode.NOT_FOUND, MISSING),
+        (stub.GetThread, pb.GetThreadRequest(thread_id=MISSING), grpc.StatusCode.NOT_FOUND,
+         MISSING),
+        (stub.GetThread, pb.GetThreadRequest(), grpc.StatusCode.INVALID_ARGUMENT,
+         "thread_id is required"),
+        (stub.ArchiveThread, pb.ArchiveThreadRequest(thread_id="x"),
+         grpc.StatusCode.INVALID_ARGUMENT, "not a thread id"),
+    ]:
+        with pytest.raises(grpc.RpcError) as info:
+            call(request)
+        assert info.value.code() == code
+        assert text in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        turn(stub, child.id, user("no"))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "archived" in info.value.details()
+
+
+def test_list_threads_pages_and_filters(stack: Stack, tmp_path: Path) -> None:
+    stub = stack.threads
+    root = start(stub, tmp_path)
+    children = [stub.SpawnThread(pb.SpawnThreadRequest(parent_id=root.id)).thread for _ in range(4)]
+    stub.ArchiveThread(pb.ArchiveThreadRequest(thread_id=children[0].id))
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = stub.ListThreads(pb.ListThreadsRequest(page_size=2, page_token=token))
+        assert len(page.threads) <= 2
+        seen += [t.id for t in page.threads]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [root.id] + [c.id for c in children[1:]]
+    by_parent = stub.ListThreads(
+        pb.ListThreadsRequest(parent_id=root.id, include_archived=True)
+    ).threads
+    assert [t.id for t in by_parent] == [c.id for c in children]
+    first = stub.ListThreads(pb.ListThreadsRequest(page_size=1))
+    for bad_token, text in [("%%%", "malformed"), (first.next_page_token, "does not belong")]:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListThreads(pb.ListThreadsRequest(parent_id=root.id, page_token=bad_token))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert text in info.value.details()
+
+
+def test_list_thread_items_pages_through_inherited_and_own_items(
+    stack: Stack, tmp_path: Path
+) -> None:
+    stub = stack.threads
+    root = start(stub, tmp_path)
+    for i in range(3):
+        turn(stub, root.id, user(f"q{i}"))
+    child = stub.SpawnThread(fork(root.id)).thread
+    turn(stub, child.id, user("mine"))
+    texts: list[str] = []
+    token = ""
+    while True:
+        page = stub.ListThreadItems(
+            pb.ListThreadItemsRequest(thread_id=child.id, page_size=3, page_token=token)
+        )
+        texts += [i.message.text for i in page.items]
+        token = page.next_page_token
+        if not token:
+            break
+    assert texts == ["q0", "echo: q0", "q1", "echo: q1", "q2", "echo: q2", "mine", "echo: mine"]
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=MISSING))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    root_token = stub.ListThreadItems(
+        pb.ListThreadItemsRequest(thread_id=root.id, page_size=1)
+    ).next_page_token
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=child.id, page_token=root_token))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_run_turn_streams_deltas_items_and_usage(stack: Stack, tmp_path: Path) -> None:
+    stub = stack.threads
+    root = start(stub, tmp_path)
+    events = turn(stub, root.id, user("hello there"))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "turn_started" and kinds[-1] == "turn_completed"
+    assert set(kinds[1:-2]) == {"text_delta"}
+    assert kinds[-2] == "item_done"
+    text = "".join(e.text_delta.text for e in events if e.HasField("text_delta"))
+    assert text == "echo: hello there" == events[-2].item_done.item.message.text
+    done = events[-1].turn_completed
+    assert done.status == pb.TURN_STATUS_COMPLETED
+    assert done.turn_id == events[0].turn_started.turn_id
+    assert done.usage.input_tokens > 0 and done.usage.output_tokens > 0
+    turns = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
+    assert [(t.id, t.status) for t in turns] == [(done.turn_id, pb.TURN_STATUS_COMPLETED)]
+    assert turns[0].usage == done.usage
+
+
+def test_function_calls_go_to_the_client_and_come_back_as_input(
+    stack: Stack, tmp_path: Path
+) -> None:
+    stub = stack.threads
+    root = start(stub, tmp_path)
+    tool = c.Tool(name="lookup", description="find", parameters_json='{"type":"object"}')
+    events = turn(stub, root.id, user('/call lookup {"q": 1}'), tools=[tool])
+    done = events[-1].turn_completed
+    (call,) = done.pending_function_calls
+    assert (call.name, call.arguments) == ("lookup", '{"q": 1}')
+    for bad, text in [
+        (c.Item(function_call_output=c.FunctionCallOutput(call_id="nope", output="x")),
+         "names no open function call"),
+        (c.Item(message=c.Message(role=c.ROLE_ASSISTANT, text="x")), "not the assistant"),
+        (c.Item(), "no kind"),
+    ]:
+        with pytest.raises(grpc.RpcError) as info:
+            turn(stub, root.id, bad)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert text in info.value.details()
+    output = c.Item(function_call_output=c.FunctionCallOutput(call_id=call.call_id, output="42"))
+    events = turn(stub, root.id, output)
+    assert events[-2].item_done.item.message.text == f"received output of {call.call_id}: 42"
+    with pytest.raises(grpc.RpcError) as info:
+        turn(stub, root.id)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at least one item" in info.value.details()
+
+
+def test_a_failed_model_call_fails_the_turn_and_keeps_the_input(
+    stack: Stack, tmp_path: Path
+) -> None:
+    stub = stack.threads
+    root = start(stub, tmp_path)
+    with pytest.raises(grpc.RpcError) as info:
+        turn(stub, root.id, user("/fail RESOURCE_EXHAUSTED slow down"))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "slow down" in info.value.details()
+    (failed,) = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
+    assert failed.status == pb.TURN_STATUS_FAILED
+    assert failed.error.code == c.ERROR_CODE_RESOURCE_EXHAUSTED
+    items = stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=root.id)).items
+    assert [i.message.text for i in items] == ["/fail RESOURCE_EXHAUSTED slow down"]
+
+
+def test_interrupt_turn_records_an_interrupted_turn(stack: Stack, tmp_path: Path) -> None:
+    stub = stack.threads
+    root = start(stub, tmp_path)
+    assert stub.InterruptTurn(pb.InterruptTurnRequest(thread_id=root.id)).turn_id == ""
+    events: list[pb.RunTurnResponse] = []
+    stream = stub.RunTurn(pb.RunTurnRequest(thread_id=root.id, input=[user("/slow 30 a b c d")]))
+    reader = threading.Thread(target=lambda: events.extend(stream))
+    reader.start()
+    wait_until(lambda: len(events) >= 1)
+    with pytest.raises(grpc.RpcError) as info:
+        turn(stub, root.id, user("second"))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "already running" in info.value.details()
+    interrupted = stub.InterruptTurn(pb.InterruptTurnRequest(thread_id=root.id)).turn_id
+    reader.join(10)
+    assert interrupted == events[0].turn_started.turn_id
+    assert events[-1].turn_completed.status == pb.TURN_STATUS_INTERRUPTED
+    (record,) = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
+    assert record.status == pb.TURN_STATUS_INTERRUPTED
+    assert "InterruptTurn" in record.error.message
+    # The thread takes turns again.
+    assert turn(stub, root.id, user("next"))[-1].turn_completed.status == pb.TURN_STATUS_COMPLETED
+
+
+def test_a_client_cancelling_the_call_interrupts_the_turn(stack: Stack, tmp_path: Path) -> None:
+    stub = stack.threads
+    root = start(stub, tmp_path)
+    stream = stub.RunTurn(pb.RunTurnRequest(thread_id=root.id, input=[user("/slow 30 x y z")]))
+    next(stream)
+    stream.cancel()
+
+    def recorded() -> bool:
+        turns = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
+        return turns[0].status == pb.TURN_STATUS_INTERRUPTED
+
+    wait_until(recorded)
+    items = stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=root.id)).items
+    assert [i.message.text for i in items] == ["/slow 30 x y z"]
+
+
+def test_list_turns_pages(stack: Stack, tmp_path: Path) -> None:
+    stub = stack.threads
+    root = start(stub, tmp_path)
+    ids = [turn(stub, root.id, user(str(i)))[0].turn_started.turn_id for i in range(3)]
+    first = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id, page_size=2))
+    rest = stub.ListTurns(
+        pb.ListTurnsRequest(thread_id=root.id, page_size=2, page_token=first.next_page_token)
+    )
+    assert [t.id for t in [*first.turns, *rest.turns]] == ids
+    assert rest.next_page_token == ""
+
+
+def test_fork_hits_the_parents_prompt_cache_and_a_fresh_spawn_does_not(
+    stack: Stack, tmp_path: Path
+) -> None:
+    stub = stack.threads
+    root = start(stub, tmp_path, instructions="You are a careful assistant.")
+    paragraph = "The quick brown fox jumps over the lazy dog near the river bank. " * 12
+    for i in range(12):
+        turn(stub, root.id, user(f"part {i}: {paragraph}"))
+    parent_last = turn(stub, root.id, user("summarize"))[-1].turn_completed.usage
+    assert parent_last.input_tokens > 3000
+    child = stub.SpawnThread(fork(root.id)).thread
+    forked = turn(stub, child.id, user("continue"))[-1].turn_completed.usage
+    inherited_prefix = parent_last.input_tokens  # the parent's last prompt, all inherited
+    assert forked.cached_input_tokens >= 0.9 * inherited_prefix
+    fresh = stub.SpawnThread(pb.SpawnThreadRequest(parent_id=root.id)).thread
+    spawned = turn(stub, fresh.id, user(f"continue {paragraph * 20}"))[-1].turn_completed.usage
+    assert spawned.input_tokens > 1024
+    assert spawned.cached_input_tokens == 0
+
+
+def test_an_unreachable_model_service_is_unavailable(stack: Stack, tmp_path: Path) -> None:
+    stub = stack.threads
+    root = start(stub, tmp_path)
+    stack.loop.run(stack.servers[0].stop(0))  # the model-service goes away
+    with pytest.raises(grpc.RpcError) as info:
+        turn(stub, root.id, user("anyone?"))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    (record,) = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
+    assert record.status == pb.TURN_STATUS_FAILED
+
+
+def test_health_and_reflection(stack: Stack) -> None:
+    for port, service in [
+        (stack.thread_port, "spindle.v1.ThreadService"),
+        (stack.model_port, "spindle.v1.ModelService"),
+    ]:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for name in ("", service):
+                status = health.Check(health_pb2.HealthCheckRequest(service=name)).status
+                assert status == health_pb2.HealthCheckResponse.SERVING
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+            (answer,) = reflection.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+            names = {s.name for s in answer.list_services_response.service}
+            assert {service, "grpc.health.v1.Health"} <= names
+
+
+def test_a_turn_in_flight_at_shutdown_is_recorded_interrupted(
+    loop_thread: object, tmp_path: Path
+) -> None:
+    from tests.harness import LoopThread, start_stack
+
+    assert isinstance(loop_thread, LoopThread)
+    stack = start_stack(loop_thread, tmp_path)
+    stub = stack.threads
+    root = start(stub, tmp_path)
+    stream = stub.RunTurn(pb.RunTurnRequest(thread_id=root.id, input=[user("/slow 60 zzz")]))
+    next(stream)
+    started = time.monotonic()
+    stack.stop(grace=0.2)
+    assert time.monotonic() - started < 10
+    with pytest.raises(grpc.RpcError):
+        list(stream)
+    restarted = start_stack(loop_thread, tmp_path)
+    try:
+        (record,) = restarted.threads.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
+        assert record.status == pb.TURN_STATUS_INTERRUPTED
+        assert "shutting down" in record.error.message
+    finally:
+        restarted.stop()

@@ -1,0 +1,1 @@
+"""The public thread-service: durable agent threads, turns and project trust."""

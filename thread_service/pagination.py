@@ -1,0 +1,43 @@
+"""Opaque page tokens and page sizes, the same rules for every List call.
+
+A token is base64url JSON that names the listing it belongs to, so a token
+from one listing given to another is refused instead of silently misread.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from spindle.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+def page_size(requested: int) -> int:
+    """0 means the default; larger than the maximum is lowered to it."""
+    if requested < 0:
+        raise InvalidArgument("page_size must not be negative")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def encode(listing: str, position: dict[str, Any]) -> str:
+    raw = json.dumps({"l": listing, **position}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode(listing: str, token: str) -> dict[str, Any] | None:
+    """The position a token names, or None for an empty token (the first page)."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument("page_token is malformed") from None
+    if not isinstance(data, dict) or data.pop("l", None) != listing:
+        raise InvalidArgument("page_token does not belong to this listing")
+    return data

@@ -1,0 +1,256 @@
+"""Thread lifecycle: start, spawn (fresh or fork), resume, read, archive.
+
+Plain Python over a `Store`; the gRPC servicer only translates. The rules of
+what a child inherits live in `thread_service.inheritance`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from spindle.errors import FailedPrecondition, InvalidArgument, NotFound
+from spindle.items import Item
+from thread_service import inheritance, pagination
+from thread_service.records import Origin, Segment, ThreadRecord, TrustSource, TrustState
+from thread_service.store import HistoryCursor, Store
+from thread_service.trust import ProjectTrust
+from thread_service.trust import TrustSource as TrustOutcomeSource
+
+
+class ForkMode:
+    FULL_HISTORY = "full_history"
+    LAST_N_TURNS = "last_n_turns"
+
+
+@dataclass(frozen=True, slots=True)
+class ForkOptions:
+    parent_spawn_call_id: str
+    mode: str = ForkMode.FULL_HISTORY
+    last_n_turns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StartResult:
+    thread: ThreadRecord
+    warnings: tuple[str, ...] = ()
+
+
+def parse_thread_id(value: str, field: str = "thread_id") -> str:
+    """Thread ids are UUIDs; anything else is a caller's mistake, not a miss."""
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InvalidArgument(f"{field} {value!r} is not a thread id (a UUID)") from None
+
+
+class Threads:
+    def __init__(
+        self,
+        store: Store,
+        trust: ProjectTrust,
+        *,
+        default_model: str,
+        max_spawn_depth: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.trust = trust
+        self.default_model = default_model
+        self.max_spawn_depth = max_spawn_depth
+        self.clock = clock
+
+    async def get(self, thread_id: str) -> ThreadRecord:
+        thread_id = parse_thread_id(thread_id)
+        thread = await self.store.get_thread(thread_id)
+        if thread is None:
+            raise NotFound(f"thread {thread_id} does not exist")
+        return thread
+
+    async def start(
+        self,
+        cwd: str,
+        *,
+        model: str = "",
+        instructions: str = "",
+        agent_nickname: str = "",
+        agent_role: str = "",
+    ) -> StartResult:
+        """Start a root thread; trust its project, best effort (see `trust`)."""
+        outcome = await asyncio.to_thread(self.trust.mark_trusted, cwd)
+        source = (
+            TrustSource.PERSISTED
+            if outcome.source is TrustOutcomeSource.PERSISTED
+            else TrustSource.IN_MEMORY
+        )
+        now = self.clock()
+        thread = ThreadRecord(
+            id=str(uuid.uuid4()),
+            origin=Origin.START,
+            session_origin=Origin.START,
+            cwd=cwd,
+            model=model or self.default_model,
+            instructions=instructions,
+            agent_nickname=agent_nickname,
+            agent_role=agent_role,
+            trust=TrustState(outcome.project_path, outcome.trusted, source),
+            created_at=now,
+            updated_at=now,
+        )
+        await self.store.create_thread(thread, [])
+        warnings = (outcome.warning,) if outcome.warning else ()
+        return StartResult(thread, warnings)
+
+    async def spawn(
+        self,
+        parent_id: str,
+        *,
+        fork: ForkOptions | None = None,
+        agent_nickname: str = "",
+        agent_role: str = "",
+        sub_agent_kind: str = "",
+        model: str = "",
+        instructions: str = "",
+    ) -> ThreadRecord:
+        """Create a sub-agent thread: fresh (own key, empty history) or a fork
+        (the parent's effective key, the parent's history sanitized)."""
+        parent_id = parse_thread_id(parent_id, "parent_id")
+        if fork is not None:
+            if not fork.parent_spawn_call_id:
+                raise FailedPrecondition(
+                    "a fork needs parent_spawn_call_id: the parent's spawn call that asks for it"
+                )
+            if fork.mode == ForkMode.LAST_N_TURNS and fork.last_n_turns < 1:
+                raise InvalidArgument("fork.last_n_turns must be at least 1 in last-N-turns mode")
+        parent = await self.store.get_thread(parent_id)
+        if parent is None:
+            raise NotFound(f"parent thread {parent_id} does not exist")
+        if parent.archived:
+            raise FailedPrecondition(f"parent thread {parent_id} is archived")
+        depth = parent.depth + 1
+        if depth > self.max_spawn_depth:
+            raise FailedPrecondition(
+                f"spawn depth limit reached: a child of {parent_id} would be at depth {depth}, "
+                f"and the limit is {self.max_spawn_depth}"
+            )
+        inherited = inheritance.EMPTY
+        segments: list[Segment] = []
+        if fork is not None:
+            # Read from the store, so a parent that is not loaded anywhere
+            # still passes on its effective key.
+            inherited = inheritance.for_fork(parent.prompt_cache_key)
+            segments = await self._fork_segments(parent, fork)
+        now = self.clock()
+        child = ThreadRecord(
+            id=str(uuid.uuid4()),
+            parent_id=parent.id,
+            origin=Origin.FORK if fork else Origin.SPAWN,
+            session_origin=Origin.FORK if fork else Origin.SPAWN,
+            depth=depth,
+            cwd=parent.cwd,
+            model=model or parent.model,
+            instructions=instructions or parent.instructions,
+            agent_nickname=agent_nickname,
+            agent_role=agent_role,
+            sub_agent_kind=sub_agent_kind,
+            parent_spawn_call_id=fork.parent_spawn_call_id if fork else "",
+            trust=parent.trust,
+            inherited=inherited,
+            created_at=now,
+            updated_at=now,
+        )
+        await self.store.create_thread(child, segments)
+        return child
+
+    async def _fork_segments(self, parent: ThreadRecord, fork: ForkOptions) -> list[Segment]:
+        """The parent's history as segments: its own inherited ones, then its
+        own items up to now. Costs O(depth), never O(history)."""
+        segments = await self.store.segments(parent.id)
+        segments.append(Segment(parent.id, 0, await self.store.own_item_count(parent.id)))
+        if fork.mode != ForkMode.LAST_N_TURNS:
+            return segments
+        # Keep only the last N turns: walk back from the newest segment.
+        wanted = fork.last_n_turns
+        kept: list[Segment] = []
+        for segment in reversed(segments):
+            starts = await self.store.turn_starts(
+                segment.source_thread_id, segment.from_seq, segment.to_seq, wanted
+            )
+            if len(starts) >= wanted:
+                kept.append(dataclasses.replace(segment, from_seq=starts[wanted - 1]))
+                break
+            kept.append(segment)
+            wanted -= len(starts)
+        kept.reverse()
+        return kept
+
+    async def resume(self, thread_id: str) -> tuple[ThreadRecord, int]:
+        """Open a new session of a persisted thread: its history, nickname, role
+        and window generation as stored; its own id as prompt cache key."""
+        thread = await self.get(thread_id)
+        if thread.archived:
+            raise FailedPrecondition(f"thread {thread.id} is archived")
+        thread = dataclasses.replace(
+            thread,
+            session_origin=Origin.RESUME,
+            inherited=inheritance.EMPTY,
+            updated_at=self.clock(),
+        )
+        await self.store.save_thread(thread)
+        return thread, await self.store.history_length(thread.id)
+
+    async def archive(self, thread_id: str) -> ThreadRecord:
+        thread = await self.get(thread_id)
+        if not thread.archived:
+            thread = dataclasses.replace(thread, archived=True, updated_at=self.clock())
+            await self.store.save_thread(thread)
+        return thread
+
+    async def list(
+        self, *, parent_id: str = "", include_archived: bool = False, page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[ThreadRecord], str]:
+        parent = parse_thread_id(parent_id, "parent_id") if parent_id else None
+        listing = f"threads:{parent or ''}:{int(include_archived)}"
+        size = pagination.page_size(page_size)
+        position = pagination.decode(listing, page_token)
+        after = None
+        if position is not None:
+            try:
+                after = (float(position["c"]), str(position["i"]))
+            except (KeyError, TypeError, ValueError):
+                raise InvalidArgument("page_token is malformed") from None
+        threads = await self.store.list_threads(
+            parent_id=parent, include_archived=include_archived, after=after, limit=size + 1
+        )
+        token = ""
+        if len(threads) > size:
+            threads = threads[:size]
+            last = threads[-1]
+            token = pagination.encode(listing, {"c": last.created_at, "i": last.id})
+        return threads, token
+
+    async def history(
+        self, thread_id: str, *, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[Item], str]:
+        thread = await self.get(thread_id)
+        listing = f"items:{thread.id}"
+        size = pagination.page_size(page_size)
+        position = pagination.decode(listing, page_token)
+        cursor = None
+        if position is not None:
+            try:
+                cursor = HistoryCursor(int(position["s"]), int(position["q"]))
+            except (KeyError, TypeError, ValueError):
+                raise InvalidArgument("page_token is malformed") from None
+            if cursor.segment < 0 or cursor.seq < 0:
+                raise InvalidArgument("page_token is malformed")
+        found, rest = await self.store.read_history(thread.id, cursor, size)
+        token = pagination.encode(listing, {"s": rest.segment, "q": rest.seq}) if rest else ""
+        return found, token
