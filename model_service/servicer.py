@@ -19,7 +19,7 @@ from spindle.v1 import model_service_pb2_grpc as pb_grpc
 log = logging.getLogger("model_service.requests")
 
 
-class ModelServicer(pb_grpc.ModelServiceServicer):
+class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]
     def __init__(self, router: Router) -> None:
         self.router = router
 

@@ -56,9 +56,7 @@ def item_to_pb(item: items.Item) -> pb.Item:
         return pb.Item(message=pb.Message(role=_ROLES_PB[item.role], text=item.text, phase=phase))
     if isinstance(item, items.Reasoning):
         return pb.Item(
-            reasoning=pb.Reasoning(
-                summary=item.summary, encrypted_content=item.encrypted_content
-            )
+            reasoning=pb.Reasoning(summary=item.summary, encrypted_content=item.encrypted_content)
         )
     if isinstance(item, items.FunctionCall):
         return pb.Item(
@@ -139,9 +137,7 @@ def event_to_pb(event: model.ModelEvent) -> model_pb.GenerateResponse:
     if isinstance(event, model.ItemDone):
         return model_pb.GenerateResponse(item_done=pb.ItemDone(item=item_to_pb(event.item)))
     return model_pb.GenerateResponse(
-        completed=model_pb.Completed(
-            usage=usage_to_pb(event.usage), response_id=event.response_id
-        )
+        completed=model_pb.Completed(usage=usage_to_pb(event.usage), response_id=event.response_id)
     )
 
 

@@ -12,7 +12,8 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -104,7 +105,7 @@ async def run_until_signal(service: Service, listen: str, grace: float, label: s
     log.info("%s stopped", label)
 
 
-def main(run: Callable[[], Awaitable[None]], log_level: str) -> None:
+def main(run: Callable[[], Coroutine[Any, Any, None]], log_level: str) -> None:
     """Process entry point: logging, the event loop, and clean exit codes."""
     logging.basicConfig(
         level=log_level.upper(),

@@ -119,7 +119,7 @@ def _flag(name: str) -> str:
 
 
 def _convert(cls: type[Any], name: str, value: Any, origin: str) -> Any:
-    kind = {f.name: f.type for f in dataclasses.fields(cls)}[name]
+    kind = str({f.name: f.type for f in dataclasses.fields(cls)}[name])
     try:
         if kind == "Path":
             return Path(str(value)).expanduser()
@@ -219,9 +219,7 @@ def load(
     return settings
 
 
-def _providers(
-    tables: Any, environ: Mapping[str, str], origin: str
-) -> dict[str, ProviderSettings]:
+def _providers(tables: Any, environ: Mapping[str, str], origin: str) -> dict[str, ProviderSettings]:
     if not isinstance(tables, dict):
         raise SettingsError(f"{origin}: providers must be a table of tables")
     known = {f.name for f in dataclasses.fields(ProviderSettings)} - {"name"}

@@ -97,9 +97,7 @@ def start_stack(
         sqlite_synchronous="NORMAL",
     )
     stack = Stack(loop, settings, model_port=model_server.port, servers=[model_server])
-    thread_server = loop.run(
-        _start_thread_service(settings)
-    )
+    thread_server = loop.run(_start_thread_service(settings))
     stack.servers.append(thread_server)
     stack.thread_port = thread_server.port
     return stack
@@ -162,9 +160,9 @@ class ServiceProcess:
 
 
 @contextmanager
-def service_pair(tmp: Path, extra_thread_args: list[str] | None = None) -> Iterator[
-    tuple[ServiceProcess, ServiceProcess]
-]:
+def service_pair(
+    tmp: Path, extra_thread_args: list[str] | None = None
+) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
     model = ServiceProcess("model_service", ["--config-home", str(tmp / "model-home")])
     thread = None
     try:

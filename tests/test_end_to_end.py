@@ -29,7 +29,7 @@ def run_turn(stub: pb_grpc.ThreadServiceStub, thread_id: str, text: str) -> pb.T
     request = pb.RunTurnRequest(
         thread_id=thread_id, input=[c.Item(message=c.Message(role=c.ROLE_USER, text=text))]
     )
-    events = list(stub.RunTurn(request, timeout=30))
+    events: list[pb.RunTurnResponse] = list(stub.RunTurn(request, timeout=30))
     return events[-1].turn_completed
 
 

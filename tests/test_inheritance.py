@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -139,7 +140,7 @@ def test_a_fork_copies_the_sanitized_history_in_order(tmp_path: Path) -> None:
     kept_developer = items.Message(items.Role.DEVELOPER, "developer note")
     kept_answer = items.Message(ASSISTANT, "final", items.Phase.FINAL_ANSWER)
     kept_unphased = items.Message(ASSISTANT, "also final")
-    dropped = [
+    dropped: list[items.Item] = [
         items.Reasoning("thinking", "opaque"),
         items.Message(ASSISTANT, "working on it", items.Phase.COMMENTARY),
         items.FunctionCall("call_9", "search", "{}"),
@@ -152,12 +153,26 @@ def test_a_fork_copies_the_sanitized_history_in_order(tmp_path: Path) -> None:
         await _record_turn(
             env,
             root,
-            [kept_user, dropped[0], dropped[1], kept_system, dropped[2], dropped[3],
-             kept_developer, dropped[4], kept_answer, kept_unphased],
+            [
+                kept_user,
+                dropped[0],
+                dropped[1],
+                kept_system,
+                dropped[2],
+                dropped[3],
+                kept_developer,
+                dropped[4],
+                kept_answer,
+                kept_unphased,
+            ],
         )
         fork = await env.threads.spawn(root.id, fork=FORK)
         assert await env.history(fork) == [
-            kept_user, kept_system, kept_developer, kept_answer, kept_unphased
+            kept_user,
+            kept_system,
+            kept_developer,
+            kept_answer,
+            kept_unphased,
         ]
         # The parent keeps everything.
         assert len(await env.history(root)) == 10
@@ -244,9 +259,7 @@ def test_resume_after_a_restart_restores_persisted_state(tmp_path: Path) -> None
         root = await env.root()
         await env.turn(root, "hi")
         child = await env.threads.spawn(root.id, fork=FORK, agent_nickname="Cy", agent_role="r")
-        await env.store.save_thread(
-            ThreadRecord(**{**_fields(child), "window_generation": 3})
-        )
+        await env.store.save_thread(dataclasses.replace(child, window_generation=3))
         return root.id, child.id
 
     root_id, child_id = run_env(tmp_path, first)
@@ -267,10 +280,6 @@ def test_resume_after_a_restart_restores_persisted_state(tmp_path: Path) -> None
         assert len(env.model.requests[-1].input) == 3
 
     run_env(tmp_path, second)
-
-
-def _fields(thread: ThreadRecord) -> dict[str, object]:
-    return {name: getattr(thread, name) for name in ThreadRecord.__dataclass_fields__}
 
 
 def test_fork_errors(tmp_path: Path) -> None:

@@ -25,32 +25,40 @@ def user(text: str) -> c.Item:
 
 
 def start(stub: pb_grpc.ThreadServiceStub, cwd: Path, **kwargs: str) -> pb.Thread:
-    return stub.StartThread(pb.StartThreadRequest(cwd=str(cwd), **kwargs)).thread
+    response: pb.StartThreadResponse = stub.StartThread(
+        pb.StartThreadRequest(cwd=str(cwd), **kwargs)
+    )
+    return response.thread
 
 
 def turn(
-    stub: pb_grpc.ThreadServiceStub, thread_id: str, *input_items: c.Item, tools: list[c.Tool] | None = None
+    stub: pb_grpc.ThreadServiceStub,
+    thread_id: str,
+    *input_items: c.Item,
+    tools: list[c.Tool] | None = None,
 ) -> list[pb.RunTurnResponse]:
-    return list(stub.RunTurn(pb.RunTurnRequest(thread_id=thread_id, input=input_items, tools=tools)))
+    return list(
+        stub.RunTurn(pb.RunTurnRequest(thread_id=thread_id, input=input_items, tools=tools))
+    )
 
 
 def fork(parent_id: str, call_id: str = "call_1", **kwargs: object) -> pb.SpawnThreadRequest:
     return pb.SpawnThreadRequest(
-        parent_id=parent_id, fork=pb.ForkOptions(parent_spawn_call_id=call_id), **kwargs  # type: ignore[arg-type]
+        parent_id=parent_id,
+        fork=pb.ForkOptions(parent_spawn_call_id=call_id),
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
-def error_of(call: object, *args: object) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        result = call(*args)  # type: ignore[operator]
-        if not isinstance(result, (pb.StartThreadResponse, pb.SpawnThreadResponse)):
-            list(result) if hasattr(result, "__iter__") else result
-    return info.value
-
-
 def test_start_thread_returns_a_root_thread(stack: Stack, tmp_path: Path) -> None:
-    thread = start(stack.threads, tmp_path, model="spindle-echo", instructions="hi",
-                   agent_nickname="Root", agent_role="lead")
+    thread = start(
+        stack.threads,
+        tmp_path,
+        model="spindle-echo",
+        instructions="hi",
+        agent_nickname="Root",
+        agent_role="lead",
+    )
     assert thread.id and thread.parent_id == ""
     assert thread.origin == pb.THREAD_ORIGIN_START
     assert thread.session_origin == pb.THREAD_ORIGIN_START
@@ -96,17 +104,30 @@ def test_spawn_errors(loop_thread: object, tmp_path: Path) -> None:
         stub = stack.threads
         root = start(stub, tmp_path)
         cases = [
-            (pb.SpawnThreadRequest(parent_id=root.id, fork=pb.ForkOptions()),
-             grpc.StatusCode.FAILED_PRECONDITION, "parent_spawn_call_id"),
+            (
+                pb.SpawnThreadRequest(parent_id=root.id, fork=pb.ForkOptions()),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "parent_spawn_call_id",
+            ),
             (fork(MISSING), grpc.StatusCode.NOT_FOUND, f"parent thread {MISSING} does not exist"),
             (fork("not-a-uuid"), grpc.StatusCode.INVALID_ARGUMENT, "not a thread id"),
             (pb.SpawnThreadRequest(), grpc.StatusCode.INVALID_ARGUMENT, "parent_id is required"),
-            (pb.SpawnThreadRequest(parent_id=root.id, fork=pb.ForkOptions(
-                parent_spawn_call_id="c", mode=pb.FORK_MODE_LAST_N_TURNS)),
-             grpc.StatusCode.INVALID_ARGUMENT, "last_n_turns"),
-            (pb.SpawnThreadRequest(parent_id=root.id, fork=pb.ForkOptions(
-                parent_spawn_call_id="c", mode=99)),  # type: ignore[arg-type]
-             grpc.StatusCode.INVALID_ARGUMENT, "fork.mode"),
+            (
+                pb.SpawnThreadRequest(
+                    parent_id=root.id,
+                    fork=pb.ForkOptions(parent_spawn_call_id="c", mode=pb.FORK_MODE_LAST_N_TURNS),
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "last_n_turns",
+            ),
+            (
+                pb.SpawnThreadRequest(
+                    parent_id=root.id,
+                    fork=pb.ForkOptions(parent_spawn_call_id="c", mode=99),  # type: ignore[arg-type]
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "fork.mode",
+            ),
         ]
         for request, code, text in cases:
             with pytest.raises(grpc.RpcError) as info:
@@ -146,16 +167,36 @@ def test_resume_get_archive(stack: Stack, tmp_path: Path) -> None:
     again = stub.ArchiveThread(pb.ArchiveThreadRequest(thread_id=child.id)).thread
     assert again.status == pb.THREAD_STATUS_ARCHIVED
     for call, request, code, text in [
-        (stub.ResumeThread, pb.ResumeThreadRequest(thread_id=child.id),
-         grpc.StatusCode.FAILED_PRECONDITION, "archived"),
-        (stub.ResumeThread, pb.ResumeThreadRequest(thread_id=MISSING),
-         grpc.StatusCode.NOT_FOUND, MISSING),
-        (stub.GetThread, pb.GetThreadRequest(thread_id=MISSING), grpc.StatusCode.NOT_FOUND,
-         MISSING),
-        (stub.GetThread, pb.GetThreadRequest(), grpc.StatusCode.INVALID_ARGUMENT,
-         "thread_id is required"),
-        (stub.ArchiveThread, pb.ArchiveThreadRequest(thread_id="x"),
-         grpc.StatusCode.INVALID_ARGUMENT, "not a thread id"),
+        (
+            stub.ResumeThread,
+            pb.ResumeThreadRequest(thread_id=child.id),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "archived",
+        ),
+        (
+            stub.ResumeThread,
+            pb.ResumeThreadRequest(thread_id=MISSING),
+            grpc.StatusCode.NOT_FOUND,
+            MISSING,
+        ),
+        (
+            stub.GetThread,
+            pb.GetThreadRequest(thread_id=MISSING),
+            grpc.StatusCode.NOT_FOUND,
+            MISSING,
+        ),
+        (
+            stub.GetThread,
+            pb.GetThreadRequest(),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "thread_id is required",
+        ),
+        (
+            stub.ArchiveThread,
+            pb.ArchiveThreadRequest(thread_id="x"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "not a thread id",
+        ),
     ]:
         with pytest.raises(grpc.RpcError) as info:
             call(request)
@@ -255,8 +296,10 @@ def test_function_calls_go_to_the_client_and_come_back_as_input(
     (call,) = done.pending_function_calls
     assert (call.name, call.arguments) == ("lookup", '{"q": 1}')
     for bad, text in [
-        (c.Item(function_call_output=c.FunctionCallOutput(call_id="nope", output="x")),
-         "names no open function call"),
+        (
+            c.Item(function_call_output=c.FunctionCallOutput(call_id="nope", output="x")),
+            "names no open function call",
+        ),
         (c.Item(message=c.Message(role=c.ROLE_ASSISTANT, text="x")), "not the assistant"),
         (c.Item(), "no kind"),
     ]:
@@ -322,7 +365,7 @@ def test_a_client_cancelling_the_call_interrupts_the_turn(stack: Stack, tmp_path
 
     def recorded() -> bool:
         turns = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
-        return turns[0].status == pb.TURN_STATUS_INTERRUPTED
+        return bool(turns[0].status == pb.TURN_STATUS_INTERRUPTED)
 
     wait_until(recorded)
     items = stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=root.id)).items

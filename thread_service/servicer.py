@@ -99,11 +99,13 @@ def turn_to_pb(turn: TurnRecord) -> pb.Turn:
     )
     if turn.error is not None:
         code = common_pb2.ErrorCode.Value(f"ERROR_CODE_{turn.error.code.value}")
-        message.error.CopyFrom(common_pb2.Error(code=code, message=turn.error.message))
+        message.error.CopyFrom(
+            common_pb2.Error(code=code, message=turn.error.message)  # type: ignore[arg-type]
+        )
     return message
 
 
-class ThreadServicer(pb_grpc.ThreadServiceServicer):
+class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
     def __init__(self, threads: Threads, turns: Turns) -> None:
         self.threads = threads
         self.turns = turns
@@ -168,7 +170,7 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):
     async def ListThreads(
         self, request: pb.ListThreadsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListThreadsResponse:
-        threads, token = await self.threads.list(
+        threads, token = await self.threads.list_threads(
             parent_id=request.parent_id,
             include_archived=request.include_archived,
             page_size=request.page_size,
@@ -234,7 +236,7 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):
     async def ListTurns(
         self, request: pb.ListTurnsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListTurnsResponse:
-        turns, token = await self.turns.list(
+        turns, token = await self.turns.list_turns(
             request.thread_id, page_size=request.page_size, page_token=request.page_token
         )
         return pb.ListTurnsResponse(turns=[turn_to_pb(t) for t in turns], next_page_token=token)

@@ -189,12 +189,12 @@ class SQLiteStore:
 
     @classmethod
     async def open(cls, data_dir: Path, synchronous: str = "FULL") -> SQLiteStore:
-        data_dir.mkdir(parents=True, exist_ok=True)
         store = cls(data_dir / "spindle.sqlite3", synchronous)
         await store._run(store._connect)
         return store
 
     def _connect(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
@@ -286,7 +286,8 @@ class SQLiteStore:
         after: tuple[float, str] | None,
         limit: int,
     ) -> list[ThreadRecord]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if parent_id is not None:
             where.append("parent_id = ?")
             args.append(parent_id)
@@ -414,14 +415,10 @@ class SQLiteStore:
                 for i, item in enumerate(new)
             ],
         )
-        conn.execute(
-            "UPDATE threads SET updated_at = ? WHERE id = ?", (time.time(), thread_id)
-        )
+        conn.execute("UPDATE threads SET updated_at = ? WHERE id = ?", (time.time(), thread_id))
         return first
 
-    async def begin_turn(
-        self, turn: TurnRecord, input_items: Sequence[items.Item]
-    ) -> TurnRecord:
+    async def begin_turn(self, turn: TurnRecord, input_items: Sequence[items.Item]) -> TurnRecord:
         def write() -> TurnRecord:
             with self._transaction() as conn:
                 first = self._append(conn, turn.thread_id, turn.id, input_items)

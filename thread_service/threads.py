@@ -212,8 +212,12 @@ class Threads:
             await self.store.save_thread(thread)
         return thread
 
-    async def list(
-        self, *, parent_id: str = "", include_archived: bool = False, page_size: int = 0,
+    async def list_threads(
+        self,
+        *,
+        parent_id: str = "",
+        include_archived: bool = False,
+        page_size: int = 0,
         page_token: str = "",
     ) -> tuple[list[ThreadRecord], str]:
         parent = parse_thread_id(parent_id, "parent_id") if parent_id else None

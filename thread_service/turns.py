@@ -176,7 +176,7 @@ class Turns:
         running.task.cancel()
         return running.turn.id
 
-    async def list(
+    async def list_turns(
         self, thread_id: str, *, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[TurnRecord], str]:
         thread = await self.threads.get(thread_id)
@@ -225,13 +225,14 @@ def _check_input(
         where = f"input[{index}]"
         if isinstance(item, items.Message):
             if item.role not in _INPUT_ROLES:
-                raise InvalidArgument(f"{where}: a turn's messages come from user, developer "
-                                      "or system, not the assistant")
+                raise InvalidArgument(
+                    f"{where}: a turn's messages come from user, developer "
+                    "or system, not the assistant"
+                )
         elif isinstance(item, items.FunctionCallOutput):
             if item.call_id not in open_calls:
                 raise InvalidArgument(
-                    f"{where}: call_id {item.call_id!r} names no open function call "
-                    "of this thread"
+                    f"{where}: call_id {item.call_id!r} names no open function call of this thread"
                 )
             open_calls.discard(item.call_id)
         else:
