@@ -64,7 +64,7 @@ def test_keys_follow_inheritance_across_a_restart_of_both_services(tmp_path: Pat
             (root.id, f"{root.id}:0", root.id, "-"),
             (fresh.id, f"{fresh.id}:0", fresh.id, "explorer"),
             (forked.id, f"{forked.id}:0", root.id, "review"),
-            (fork_of_fork.id, f"{fork_of_fork.id}:0", root.id, "-"),
+            (fork_of_fork.id, f"{fork_of_fork.id}:0", root.id, "thread_spawn"),
         ]
         assert thread.stop(signal.SIGTERM) == 0
         assert model.stop(signal.SIGTERM) == 0
@@ -103,7 +103,7 @@ def test_keys_follow_inheritance_across_a_restart_of_both_services(tmp_path: Pat
         wait_until(lambda: len(requests_seen(model)) == 2)
         assert requests_seen(model) == [
             (forked.id, f"{forked.id}:0", forked.id, "review"),
-            (late.id, f"{late.id}:0", root.id, "-"),
+            (late.id, f"{late.id}:0", root.id, "thread_spawn"),
         ]
 
 

@@ -456,3 +456,18 @@ def test_a_turn_in_flight_at_shutdown_is_recorded_interrupted(
         assert "shutting down" in record.error.message
     finally:
         restarted.stop()
+
+
+def test_a_turn_past_its_deadline_is_interrupted_and_recorded(stack: Stack, tmp_path: Path) -> None:
+    stub = stack.threads
+    root = start(stub, tmp_path)
+    request = pb.RunTurnRequest(thread_id=root.id, input=[user("/slow 30 a b c d")])
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.RunTurn(request, timeout=0.5))
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def recorded() -> bool:
+        turns = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
+        return bool(turns and turns[0].status == pb.TURN_STATUS_INTERRUPTED)
+
+    wait_until(recorded)

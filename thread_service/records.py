@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from spindle.errors import ErrorCode
 from spindle.model import Usage
 from thread_service.inheritance import InheritedThreadState
+from thread_service.trust import TrustSource
 
 
 class Origin(enum.StrEnum):
@@ -17,11 +18,6 @@ class Origin(enum.StrEnum):
     SPAWN = "spawn"
     FORK = "fork"
     RESUME = "resume"
-
-
-class TrustSource(enum.StrEnum):
-    PERSISTED = "persisted"
-    IN_MEMORY = "in_memory"
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,13 +29,13 @@ from thread_service.records import (
     Origin,
     Segment,
     ThreadRecord,
-    TrustSource,
     TrustState,
     TurnError,
     TurnRecord,
     TurnStatus,
 )
 from thread_service.store import HistoryCursor
+from thread_service.trust import TrustSource
 
 T = TypeVar("T")
 

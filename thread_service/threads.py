@@ -16,10 +16,14 @@ from dataclasses import dataclass
 from spindle.errors import FailedPrecondition, InvalidArgument, NotFound
 from spindle.items import Item
 from thread_service import inheritance, pagination
-from thread_service.records import Origin, Segment, ThreadRecord, TrustSource, TrustState
+from thread_service.records import Origin, Segment, ThreadRecord, TrustState
 from thread_service.store import HistoryCursor, Store
 from thread_service.trust import ProjectTrust
-from thread_service.trust import TrustSource as TrustOutcomeSource
+
+
+# What a sub-agent is when its creator names no kind; model requests of
+# sub-agents always say which kind of sub-agent is calling.
+DEFAULT_SUB_AGENT_KIND = "thread_spawn"
 
 
 class ForkMode:
@@ -84,11 +88,6 @@ class Threads:
     ) -> StartResult:
         """Start a root thread; trust its project, best effort (see `trust`)."""
         outcome = await asyncio.to_thread(self.trust.mark_trusted, cwd)
-        source = (
-            TrustSource.PERSISTED
-            if outcome.source is TrustOutcomeSource.PERSISTED
-            else TrustSource.IN_MEMORY
-        )
         now = self.clock()
         thread = ThreadRecord(
             id=str(uuid.uuid4()),
@@ -99,7 +98,7 @@ class Threads:
             instructions=instructions,
             agent_nickname=agent_nickname,
             agent_role=agent_role,
-            trust=TrustState(outcome.project_path, outcome.trusted, source),
+            trust=TrustState(outcome.project_path, outcome.trusted, outcome.source),
             created_at=now,
             updated_at=now,
         )
@@ -158,7 +157,7 @@ class Threads:
             instructions=instructions or parent.instructions,
             agent_nickname=agent_nickname,
             agent_role=agent_role,
-            sub_agent_kind=sub_agent_kind,
+            sub_agent_kind=sub_agent_kind or DEFAULT_SUB_AGENT_KIND,
             parent_spawn_call_id=fork.parent_spawn_call_id if fork else "",
             trust=parent.trust,
             inherited=inherited,
