@@ -72,11 +72,12 @@ class Stack:
         return model_service_pb2_grpc.ModelServiceStub(channel)
 
     def stop(self, grace: float = 1.0) -> None:
-        for channel in self.channels:
-            channel.close()
+        """Stop the servers (as SIGTERM would), then close the test's channels."""
         for server in reversed(self.servers):
             self.loop.run(server.stop(grace))
         self.servers.clear()
+        for channel in self.channels:
+            channel.close()
 
 
 def start_stack(

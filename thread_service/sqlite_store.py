@@ -210,8 +210,10 @@ class SQLiteStore:
         self._conn = conn
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the store's thread. Once submitted it always runs to the
+        end: cancelling the caller must not drop a write still queued."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        return await asyncio.shield(loop.run_in_executor(self._executor, fn, *args))
 
     @property
     def conn(self) -> sqlite3.Connection:

@@ -20,7 +20,6 @@ from thread_service.records import Origin, Segment, ThreadRecord, TrustState
 from thread_service.store import HistoryCursor, Store
 from thread_service.trust import ProjectTrust
 
-
 # What a sub-agent is when its creator names no kind; model requests of
 # sub-agents always say which kind of sub-agent is calling.
 DEFAULT_SUB_AGENT_KIND = "thread_spawn"

@@ -202,7 +202,8 @@ class Turns:
         self.drain(self._shutdown_reason or "the service is shutting down")
         tasks = []
         for running in list(self._running.values()):
-            running.task.cancel()
+            if not running.task.cancelling():
+                running.task.cancel()
             tasks.append(running.task)
         await asyncio.gather(*tasks, return_exceptions=True)
 

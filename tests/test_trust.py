@@ -1,0 +1,683 @@
+"""Project trust on thread start: the trust target, the config.toml edit, and its failures.
+
+Everything runs on real files in tmp_path; the one fake is the full disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import multiprocessing
+import os
+import stat
+import threading
+import tomllib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomlkit
+
+from spindle.errors import InvalidArgument
+from thread_service import trust
+from thread_service.trust import (
+    LOCK_FILE_NAME,
+    ProjectTrust,
+    TrustOutcome,
+    TrustSource,
+    resolve_trust_target,
+)
+
+HAND_WRITTEN = b"""# Spindle settings, edited by hand.
+#   keep   this    spacing
+
+[thread_service]
+listen   =   "127.0.0.1:50051"   # loopback only
+data_dir = '~/spindle-data'
+
+\t# an indented comment, with a tab
+[extras]
+max_threads=8
+ratios = [ 1.5,
+  2.5 , ]  # trailing comma
+"quoted key" = { a = 1, b = "two" }
+
+
+[projects."/already/there"]
+trust_level = "untrusted"   # ask first
+
+[[hooks]]
+name = "first"
+
+[model_service]
+provider = "embedded"
+"""
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    folder = tmp_path / "home"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def writable_again() -> Iterator[list[Path]]:
+    """Paths a test made read-only, given their write bits back so tmp_path can be removed."""
+    paths: list[Path] = []
+    yield paths
+    for path in paths:
+        path.chmod(0o755)
+
+
+def config(home: Path) -> Path:
+    return home / "config.toml"
+
+
+def table_for(path: Path) -> bytes:
+    """The exact bytes a new trust entry adds, for paths that need no escaping."""
+    return f'[projects."{path}"]\ntrust_level = "trusted"\n'.encode()
+
+
+def load(home: Path) -> dict[str, Any]:
+    return tomllib.loads(config(home).read_text(encoding="utf-8"))
+
+
+def assert_persisted(outcome: TrustOutcome, target: Path) -> None:
+    assert outcome == TrustOutcome(str(target), True, TrustSource.PERSISTED, None)
+
+
+def assert_in_memory(
+    outcome: TrustOutcome, target: Path, caplog: pytest.LogCaptureFixture, *reason: str
+) -> None:
+    """The failure shape: in memory, a warning naming both paths and the reason, logged once."""
+    assert outcome.project_path == str(target)
+    assert outcome.trusted is True
+    assert outcome.source is TrustSource.IN_MEMORY
+    assert outcome.warning is not None
+    assert str(target) in outcome.warning
+    for words in reason:
+        assert words in outcome.warning
+    logged = [r for r in caplog.records if r.name == trust.__name__]
+    assert [(r.levelno, r.getMessage()) for r in logged] == [(logging.WARNING, outcome.warning)]
+
+
+def folder_listing(folder: Path) -> set[str]:
+    return {entry.name for entry in folder.iterdir()}
+
+
+def make_repo(root: Path) -> Path:
+    (root / ".git").mkdir(parents=True)
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    return root
+
+
+def make_worktree(main: Path, worktree: Path, *, relative: bool) -> None:
+    """A linked worktree as `git worktree add` lays it out."""
+    git_dir = main / ".git" / "worktrees" / worktree.name
+    git_dir.mkdir(parents=True)
+    (git_dir / "commondir").write_text("../..\n")
+    (git_dir / "gitdir").write_text(f"{worktree}/.git\n")
+    worktree.mkdir(parents=True)
+    pointer = os.path.relpath(git_dir, worktree) if relative else str(git_dir)
+    (worktree / ".git").write_text(f"gitdir: {pointer}\n")
+
+
+# --- the trust target -------------------------------------------------------
+
+
+def test_a_directory_in_no_repository_is_its_own_target(tmp_path: Path) -> None:
+    cwd = tmp_path / "plain" / "dir"
+    cwd.mkdir(parents=True)
+    assert not any((p / ".git").exists() for p in (cwd, *cwd.parents)), "precondition"
+    assert resolve_trust_target(str(cwd)) == cwd.resolve()
+
+
+def test_a_nested_directory_trusts_its_repository_root(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    cwd = repo / "src" / "pkg" / "deep"
+    cwd.mkdir(parents=True)
+    assert resolve_trust_target(str(cwd)) == repo.resolve()
+    assert resolve_trust_target(str(repo)) == repo.resolve()
+
+
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute-gitdir", "relative-gitdir"])
+def test_a_linked_worktree_trusts_the_main_repository(tmp_path: Path, relative: bool) -> None:
+    main = make_repo(tmp_path / "main")
+    worktree = tmp_path / "elsewhere" / "feature"
+    make_worktree(main, worktree, relative=relative)
+    cwd = worktree / "src"
+    cwd.mkdir()
+    assert resolve_trust_target(str(cwd)) == main.resolve()
+
+
+def test_a_worktree_of_a_bare_repository_is_its_own_root(tmp_path: Path) -> None:
+    bare = tmp_path / "repo.git"
+    (bare / "worktrees" / "wt").mkdir(parents=True)
+    (bare / "worktrees" / "wt" / "commondir").write_text("../..\n")
+    worktree = tmp_path / "wt"
+    worktree.mkdir()
+    (worktree / ".git").write_text(f"gitdir: {bare / 'worktrees' / 'wt'}\n")
+    assert resolve_trust_target(str(worktree)) == worktree.resolve()
+
+
+def test_a_submodule_is_its_own_root_not_the_superproject(tmp_path: Path) -> None:
+    superproject = make_repo(tmp_path / "super")
+    (superproject / ".git" / "modules" / "sub").mkdir(parents=True)
+    submodule = superproject / "libs" / "sub"
+    submodule.mkdir(parents=True)
+    (submodule / ".git").write_text("gitdir: ../../.git/modules/sub\n")
+    cwd = submodule / "src"
+    cwd.mkdir()
+    assert resolve_trust_target(str(cwd)) == submodule.resolve()
+
+
+@pytest.mark.parametrize("content", ["", "not a pointer\n", "gitdir: /nowhere/at/all\n"])
+def test_an_odd_git_file_still_marks_the_repository_boundary(tmp_path: Path, content: str) -> None:
+    make_repo(tmp_path / "outer")
+    inner = tmp_path / "outer" / "inner"
+    inner.mkdir()
+    (inner / ".git").write_text(content)
+    assert resolve_trust_target(str(inner)) == inner.resolve()
+
+
+def test_a_symlinked_cwd_trusts_the_real_repository(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "real" / "repo")
+    (repo / "src").mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(repo / "src")
+    assert resolve_trust_target(str(link)) == repo.resolve()
+
+
+def _empty(tmp_path: Path) -> str:
+    return ""
+
+
+def _relative(tmp_path: Path) -> str:
+    return "relative/path"
+
+
+def _missing(tmp_path: Path) -> str:
+    return str(tmp_path / "missing")
+
+
+def _file(tmp_path: Path) -> str:
+    (tmp_path / "a-file").write_text("x")
+    return str(tmp_path / "a-file")
+
+
+def _under_a_file(tmp_path: Path) -> str:
+    (tmp_path / "a-file").write_text("x")
+    return str(tmp_path / "a-file" / "sub")
+
+
+def _nul(tmp_path: Path) -> str:
+    return f"{tmp_path}/a\0b"
+
+
+def _symlink_loop(tmp_path: Path) -> str:
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    return str(tmp_path / "loop")
+
+
+@pytest.mark.parametrize(
+    ("make_cwd", "message"),
+    [
+        (_empty, "empty"),
+        (_relative, "absolute"),
+        (_missing, "does not exist"),
+        (_file, "not a directory"),
+        (_under_a_file, "cannot be used"),
+        (_nul, "NUL"),
+        (_symlink_loop, "cannot be used"),
+    ],
+)
+def test_a_bad_cwd_is_an_invalid_argument_and_writes_nothing(
+    tmp_path: Path, home: Path, make_cwd: Callable[[Path], str], message: str
+) -> None:
+    cwd = make_cwd(tmp_path)
+    with pytest.raises(InvalidArgument, match=message):
+        resolve_trust_target(cwd)
+    with pytest.raises(InvalidArgument, match=message):
+        ProjectTrust(home).mark_trusted(cwd)
+    assert folder_listing(home) == set()
+
+
+# --- writing trust ----------------------------------------------------------
+
+
+def test_a_first_start_creates_the_config_home_and_file(tmp_path: Path, project: Path) -> None:
+    home = tmp_path / "new" / "home"
+    project_trust = ProjectTrust(home)
+    assert not project_trust.is_trusted(str(project))
+    outcome = project_trust.mark_trusted(str(project))
+    assert_persisted(outcome, project)
+    assert config(home).read_bytes() == table_for(project)
+    assert stat.S_IMODE(config(home).stat().st_mode) == 0o600
+    assert project_trust.is_trusted(str(project))
+
+
+def test_the_worktree_cwd_writes_the_main_repository(tmp_path: Path, home: Path) -> None:
+    main = make_repo(tmp_path / "main")
+    make_worktree(main, tmp_path / "wt", relative=True)
+    outcome = ProjectTrust(home).mark_trusted(str(tmp_path / "wt"))
+    assert_persisted(outcome, main)
+    assert load(home) == {"projects": {str(main): {"trust_level": "trusted"}}}
+
+
+def test_a_hand_written_file_keeps_every_byte_and_gains_only_the_table(
+    home: Path, project: Path
+) -> None:
+    config(home).write_bytes(HAND_WRITTEN)
+    before = load(home)
+    assert_persisted(ProjectTrust(home).mark_trusted(str(project)), project)
+    assert config(home).read_bytes() == HAND_WRITTEN + b"\n" + table_for(project)
+    after = load(home)
+    assert after.pop("projects").pop(str(project)) == {"trust_level": "trusted"}
+    before.pop("projects")
+    assert after == before
+
+
+@pytest.mark.parametrize(
+    ("original", "separator"),
+    [
+        (b"x = 1 # no final newline", b"\n\n"),
+        (b"x = 1\n\n", b""),
+        (b"# only a comment\n", b"\n"),
+    ],
+)
+def test_the_new_table_follows_one_blank_line(
+    home: Path, project: Path, original: bytes, separator: bytes
+) -> None:
+    config(home).write_bytes(original)
+    ProjectTrust(home).mark_trusted(str(project))
+    assert config(home).read_bytes() == original + separator + table_for(project)
+
+
+def test_a_crlf_file_gets_a_crlf_table(home: Path, project: Path) -> None:
+    original = b"# windows\r\n[thread_service]\r\nx = 1\r\n"
+    config(home).write_bytes(original)
+    ProjectTrust(home).mark_trusted(str(project))
+    assert config(home).read_bytes() == original + b"\r\n" + table_for(project).replace(
+        b"\n", b"\r\n"
+    )
+
+
+def test_a_different_trust_level_is_changed_in_place(home: Path, project: Path) -> None:
+    original = (
+        f"[projects.'{project}']\n# why not yet\n"
+        "trust_level   =   'untrusted'   # keep this comment\nnote = 1\n\n[after]\nx = 2\n"
+    ).encode()
+    config(home).write_bytes(original)
+    assert_persisted(ProjectTrust(home).mark_trusted(str(project)), project)
+    assert config(home).read_bytes() == original.replace(b"'untrusted'", b'"trusted"')
+
+
+def test_an_entry_without_trust_level_gains_it(home: Path, project: Path) -> None:
+    config(home).write_text(f'[projects."{project}"]\nnote = 1\n\n[after]\nx = 2\n')
+    ProjectTrust(home).mark_trusted(str(project))
+    assert load(home) == {
+        "projects": {str(project): {"note": 1, "trust_level": "trusted"}},
+        "after": {"x": 2},
+    }
+
+
+def test_an_inline_projects_table_gains_an_inline_entry(home: Path, project: Path) -> None:
+    head = b'a = 1\nprojects = { "/other" = { trust_level = "untrusted" } }'
+    tail = b"  # inline\n\n[later]\nb = 2\n"
+    config(home).write_bytes(head + tail)
+    assert_persisted(ProjectTrust(home).mark_trusted(str(project)), project)
+    text = config(home).read_bytes()
+    # Only the inline table itself is re-rendered (tomlkit drops the space before its `}`).
+    assert text.startswith(head[: -len(b" }")]) and text.endswith(b"}" + tail)
+    assert load(home) == {
+        "a": 1,
+        "projects": {
+            "/other": {"trust_level": "untrusted"},
+            str(project): {"trust_level": "trusted"},
+        },
+        "later": {"b": 2},
+    }
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        'projects = {{ "{p}" = {{ trust_level = "untrusted", keep = true }} }}',
+        '[projects]\n"{p}" = {{ trust_level = "untrusted", keep = true }}',
+        'projects."{p}".trust_level = "untrusted"\nprojects."{p}".keep = true',
+    ],
+    ids=["inline-projects", "inline-entry", "dotted-keys"],
+)
+def test_other_forms_of_the_entry_are_updated_in_place(
+    home: Path, project: Path, entry: str
+) -> None:
+    original = (entry.format(p=project) + "  # mine\n\n[later]\nb = 2\n").encode()
+    config(home).write_bytes(original)
+    assert_persisted(ProjectTrust(home).mark_trusted(str(project)), project)
+    assert config(home).read_bytes() == original.replace(b'"untrusted"', b'"trusted"')
+    assert load(home)["projects"] == {str(project): {"trust_level": "trusted", "keep": True}}
+
+
+def test_a_second_start_writes_nothing(home: Path, project: Path) -> None:
+    config(home).write_bytes(HAND_WRITTEN)
+    project_trust = ProjectTrust(home)
+    project_trust.mark_trusted(str(project))
+    before = config(home).stat()
+    written = config(home).read_bytes()
+    assert_persisted(project_trust.mark_trusted(f"{project}/./"), project)
+    after = config(home).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert config(home).read_bytes() == written
+
+
+def test_trust_written_by_another_process_while_waiting_is_not_written_again(
+    home: Path, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config(home).write_bytes(HAND_WRITTEN + b"\n" + table_for(project))
+    before = config(home).stat()
+    # The unlocked first look misses it, as when another process writes in between.
+    monkeypatch.setattr(ProjectTrust, "is_trusted", lambda self, path: False)
+    assert_persisted(ProjectTrust(home).mark_trusted(str(project)), project)
+    after = config(home).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_an_already_trusted_project_needs_no_writable_file(
+    home: Path, project: Path, writable_again: list[Path]
+) -> None:
+    config(home).write_bytes(table_for(project))
+    config(home).chmod(0o444)
+    home.chmod(0o555)
+    writable_again.extend([home, config(home)])
+    assert_persisted(ProjectTrust(home).mark_trusted(str(project)), project)
+    assert folder_listing(home) == {"config.toml"}
+
+
+def test_the_permission_bits_are_kept(home: Path, project: Path) -> None:
+    config(home).write_bytes(HAND_WRITTEN)
+    config(home).chmod(0o640)
+    ProjectTrust(home).mark_trusted(str(project))
+    assert stat.S_IMODE(config(home).stat().st_mode) == 0o640
+
+
+def test_a_symlinked_config_is_edited_through_the_link(
+    tmp_path: Path, home: Path, project: Path
+) -> None:
+    dotfiles = tmp_path / "dotfiles"
+    dotfiles.mkdir()
+    (dotfiles / "spindle.toml").write_bytes(HAND_WRITTEN)
+    config(home).symlink_to(dotfiles / "spindle.toml")
+    assert_persisted(ProjectTrust(home).mark_trusted(str(project)), project)
+    assert config(home).is_symlink()
+    assert (dotfiles / "spindle.toml").read_bytes() == HAND_WRITTEN + b"\n" + table_for(project)
+
+
+# --- paths TOML must quote --------------------------------------------------
+
+ODD_NAMES = [
+    'double"quote',
+    "back\\slash",
+    "new\nline",
+    "ünïcødé-日本語-emoji-🙂",
+    "tab\tand\x7fdel\x01ctl",
+    "'single'#hash[brackets].dots = x",
+    'x"]\ntrust_level = "untrusted"\n[evil',
+]
+
+
+@pytest.mark.parametrize("name", ODD_NAMES)
+def test_an_odd_path_is_quoted_as_exactly_one_new_key(
+    tmp_path: Path, home: Path, name: str
+) -> None:
+    cwd = tmp_path / name
+    cwd.mkdir()
+    config(home).write_bytes(HAND_WRITTEN)
+    before = load(home)
+    project_trust = ProjectTrust(home)
+    assert_persisted(project_trust.mark_trusted(str(cwd)), cwd)
+    assert_added_exactly(home, before, str(cwd))
+    written = config(home).read_bytes()
+    assert project_trust.mark_trusted(str(cwd)).source is TrustSource.PERSISTED
+    assert config(home).read_bytes() == written
+
+
+def test_a_very_long_path_is_written(tmp_path: Path, home: Path) -> None:
+    cwd = tmp_path.joinpath(*[f"{i:02d}" + "x" * 198 for i in range(15)])
+    cwd.mkdir(parents=True)
+    assert len(str(cwd)) > 3000
+    config(home).write_bytes(HAND_WRITTEN)
+    before = load(home)
+    assert_persisted(ProjectTrust(home).mark_trusted(str(cwd)), cwd)
+    assert_added_exactly(home, before, str(cwd))
+
+
+def assert_added_exactly(home: Path, before: dict[str, Any], key: str) -> None:
+    """The file reads back as `before` plus one trusted key, in both parsers."""
+    after = load(home)
+    tomlkit.parse(config(home).read_text(encoding="utf-8"))
+    assert set(after["projects"]) - set(before["projects"]) == {key}
+    assert after["projects"].pop(key) == {"trust_level": "trusted"}
+    assert after == before
+
+
+# --- failures: trusted in memory, file untouched ----------------------------
+
+
+def test_a_read_only_config_file_is_left_alone(
+    home: Path, project: Path, caplog: pytest.LogCaptureFixture, writable_again: list[Path]
+) -> None:
+    config(home).write_bytes(HAND_WRITTEN)
+    config(home).chmod(0o444)
+    writable_again.append(config(home))
+    outcome = ProjectTrust(home).mark_trusted(str(project))
+    assert_in_memory(outcome, project, caplog, str(config(home)), "read-only")
+    assert config(home).read_bytes() == HAND_WRITTEN
+    assert folder_listing(home) == {"config.toml", LOCK_FILE_NAME}
+
+
+@pytest.mark.parametrize("with_file", [True, False], ids=["with-config", "without-config"])
+def test_a_read_only_config_folder_is_left_alone(
+    home: Path,
+    project: Path,
+    caplog: pytest.LogCaptureFixture,
+    writable_again: list[Path],
+    with_file: bool,
+) -> None:
+    if with_file:
+        config(home).write_bytes(HAND_WRITTEN)
+    listing = folder_listing(home)
+    home.chmod(0o555)
+    writable_again.append(home)
+    outcome = ProjectTrust(home).mark_trusted(str(project))
+    assert_in_memory(outcome, project, caplog, str(home), "read-only")
+    assert folder_listing(home) == listing
+    if with_file:
+        assert config(home).read_bytes() == HAND_WRITTEN
+
+
+def test_a_config_home_that_cannot_be_created(
+    tmp_path: Path, project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    home = tmp_path / "a-file" / "home"
+    outcome = ProjectTrust(home).mark_trusted(str(project))
+    assert_in_memory(outcome, project, caplog, str(home), "cannot create the config folder")
+    assert (tmp_path / "a-file").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(
+    ("original", "where"),
+    [
+        (b"# fine\n[thread_service]\nport = = 1\n", "line 3, column 8"),
+        (b"a = 1\na = 2\n", "line 2"),
+        (b'name = "unterminated\n', "line 1, column 21"),
+    ],
+)
+def test_a_malformed_config_is_never_overwritten(
+    home: Path, project: Path, caplog: pytest.LogCaptureFixture, original: bytes, where: str
+) -> None:
+    config(home).write_bytes(original)
+    outcome = ProjectTrust(home).mark_trusted(str(project))
+    assert_in_memory(outcome, project, caplog, str(config(home)), "not valid TOML", where)
+    assert config(home).read_bytes() == original
+    assert folder_listing(home) == {"config.toml", LOCK_FILE_NAME}
+
+
+def test_a_config_that_is_not_utf8_is_never_overwritten(
+    home: Path, project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    original = b"# caf\xe9\nx = 1\n"
+    config(home).write_bytes(original)
+    outcome = ProjectTrust(home).mark_trusted(str(project))
+    assert_in_memory(outcome, project, caplog, "not valid UTF-8")
+    assert config(home).read_bytes() == original
+
+
+@pytest.mark.parametrize(
+    "original",
+    [b"projects = 3\n", b'[[projects]]\npath = "/x"\n', b'[projects]\n"{p}" = "trusted"\n'],
+    ids=["integer", "array-of-tables", "string-entry"],
+)
+def test_a_projects_value_of_another_shape_is_left_alone(
+    home: Path, project: Path, caplog: pytest.LogCaptureFixture, original: bytes
+) -> None:
+    original = original.replace(b"{p}", str(project).encode())
+    config(home).write_bytes(original)
+    outcome = ProjectTrust(home).mark_trusted(str(project))
+    assert_in_memory(outcome, project, caplog, "not a table")
+    assert config(home).read_bytes() == original
+
+
+def test_a_full_disk_leaves_the_file_and_no_temporary_file(
+    home: Path, project: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def half_then_full(fd: int, data: bytes) -> None:
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(trust, "_write_all", half_then_full)
+    config(home).write_bytes(HAND_WRITTEN)
+    outcome = ProjectTrust(home).mark_trusted(str(project))
+    assert_in_memory(outcome, project, caplog, str(config(home)), "No space left on device")
+    assert config(home).read_bytes() == HAND_WRITTEN
+    assert folder_listing(home) == {"config.toml", LOCK_FILE_NAME}
+
+
+def test_an_edit_that_would_not_read_back_is_refused(
+    home: Path, project: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def loses_a_table(doc: tomlkit.TOMLDocument, text: str, project: str) -> str:
+        return text.replace("[model_service]", "[renamed]") + table_for(Path(project)).decode()
+
+    monkeypatch.setattr(trust, "_with_trust", loses_a_table)
+    config(home).write_bytes(HAND_WRITTEN)
+    outcome = ProjectTrust(home).mark_trusted(str(project))
+    assert_in_memory(outcome, project, caplog, "would not read back as expected")
+    assert config(home).read_bytes() == HAND_WRITTEN
+
+
+def test_a_lock_held_too_long_gives_up(
+    home: Path, project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config(home).write_bytes(HAND_WRITTEN)
+    with open(home / LOCK_FILE_NAME, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        outcome = ProjectTrust(home, lock_timeout_s=0.2).mark_trusted(str(project))
+    assert_in_memory(outcome, project, caplog, "timed out", LOCK_FILE_NAME)
+    assert config(home).read_bytes() == HAND_WRITTEN
+
+
+def test_an_unexpected_error_still_starts_the_thread(
+    home: Path, project: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(text: str, project: str) -> str | None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(trust, "_edited_config", broken)
+    outcome = ProjectTrust(home).mark_trusted(str(project))
+    assert_in_memory(outcome, project, caplog, "unexpected RuntimeError")
+
+
+def test_is_trusted_is_false_for_what_it_cannot_read(home: Path, project: Path) -> None:
+    project_trust = ProjectTrust(home)
+    assert not project_trust.is_trusted(str(project))
+    config(home).write_text(f'[projects."{project}"]\ntrust_level = "untrusted"\n')
+    assert not project_trust.is_trusted(str(project))
+    config(home).write_text("not toml = = =")
+    assert not project_trust.is_trusted(str(project))
+
+
+# --- concurrency ------------------------------------------------------------
+
+PROCESSES = 5
+PROJECTS_PER_PROCESS = 10
+
+
+def mark_many(
+    home: str, cwds: list[str], start: Barrier, results: Queue[tuple[int, str, str]]
+) -> None:
+    """Run in a spawned process: mark each cwd from a few threads at once."""
+    project_trust = ProjectTrust(Path(home))
+    start.wait()
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for outcome in pool.map(project_trust.mark_trusted, cwds):
+            results.put((os.getpid(), outcome.project_path, outcome.source.value))
+
+
+def test_concurrent_starts_in_many_processes_keep_every_entry(tmp_path: Path, home: Path) -> None:
+    config(home).write_bytes(HAND_WRITTEN)
+    cwds = [tmp_path / f"project-{i:02d}" for i in range(PROCESSES * PROJECTS_PER_PROCESS)]
+    for cwd in cwds:
+        cwd.mkdir()
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(PROCESSES)
+    results: Queue[tuple[int, str, str]] = context.Queue()
+    workers = [
+        context.Process(
+            target=mark_many,
+            args=(str(home), [str(c) for c in cwds[i::PROCESSES]], start, results),
+        )
+        for i in range(PROCESSES)
+    ]
+    for worker in workers:
+        worker.start()
+    parse_errors: list[str] = []
+    done = threading.Event()
+    watcher = threading.Thread(target=watch_parses, args=(config(home), done, parse_errors))
+    watcher.start()
+    outcomes = [results.get(timeout=60) for _ in cwds]
+    done.set()
+    watcher.join(timeout=60)
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+
+    assert len({pid for pid, _, _ in outcomes}) == PROCESSES
+    assert {(path, source) for _, path, source in outcomes} == {
+        (str(c), TrustSource.PERSISTED.value) for c in cwds
+    }
+    assert set(load(home)["projects"]) == {"/already/there"} | {str(c) for c in cwds}
+    assert config(home).read_bytes().startswith(HAND_WRITTEN)
+    assert parse_errors == []
+
+
+def watch_parses(path: Path, done: threading.Event, errors: list[str]) -> None:
+    """Parse `path` over and over until `done`; a torn write would show here."""
+    while not done.is_set():
+        try:
+            tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            errors.append(repr(exc))

@@ -1,0 +1,454 @@
+"""Project trust: starting a thread in a directory marks its project trusted.
+
+Trust is saved in `{config_home}/config.toml` as
+
+    [projects."/abs/path/to/project"]
+    trust_level = "trusted"
+
+and saving it is best effort (DESIGN.md, core behaviour 2): a read-only file
+or folder, a full disk or a malformed file must not stop a thread from
+starting, so `ProjectTrust.mark_trusted` never raises for them. It returns an
+outcome saying the trust is held in memory only, with a warning naming the
+paths and the reason, and logs that warning once.
+
+Behaviours callers may rely on:
+- The trust target is the root of the git repository holding `cwd` (the
+  main repository's root for a linked worktree, see `git_root`), or `cwd`
+  itself outside any repository. `cwd` is resolved with `Path.resolve()`
+  first, so a symlinked `cwd` trusts the real project, and the saved key is
+  that resolved path.
+- The file is edited, never rewritten from scratch: a new project becomes a
+  table appended after the file's last byte, an existing entry (a table, an
+  inline table or dotted keys) only has its `trust_level` value changed, and
+  an inline `projects = {...}` gains an inline entry. Every other byte stays.
+- A project the file already trusts causes no write at all (not even of the
+  lock file), so repeated starts leave the file's bytes and mtime alone.
+- An edit is written only if the new text parses with tomlkit and tomllib
+  and reads back as exactly the old data plus this one trust; a file either
+  parser rejects is never touched.
+- Writes are atomic (temporary file in the same folder, fsync, `os.replace`,
+  fsync of the folder), keep the old file's permission bits (new files get
+  0o600: the file may hold settings worth keeping private) and its owner
+  when allowed, and go through a symlinked `config.toml` to its target.
+- Read-modify-write runs under `fcntl.flock` on `config.toml.lock` in the
+  config home, so concurrent starts in any number of processes keep each
+  other's entries. The lock file is left in place: deleting it would race.
+- A `config.toml` or folder without any write bit is treated as read-only
+  even for root, because that is what the user who removed the bits meant.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import errno
+import fcntl
+import json
+import logging
+import math
+import os
+import re
+import stat
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+from tomlkit.container import OutOfOrderTableProxy
+from tomlkit.exceptions import ParseError, TOMLKitError
+from tomlkit.items import InlineTable, Table
+
+from spindle.errors import InvalidArgument
+from spindle.settings import CONFIG_FILE_NAME
+from thread_service.git_root import repository_root
+
+__all__ = [
+    "LOCK_FILE_NAME",
+    "ProjectTrust",
+    "TrustOutcome",
+    "TrustSource",
+    "resolve_trust_target",
+]
+
+logger = logging.getLogger(__name__)
+
+TRUSTED = "trusted"
+PROJECTS_KEY = "projects"
+TRUST_LEVEL_KEY = "trust_level"
+LOCK_FILE_NAME = f"{CONFIG_FILE_NAME}.lock"
+NEW_FILE_MODE = 0o600
+DEFAULT_LOCK_TIMEOUT_S = 10.0
+_ANY_WRITE_BIT = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+_TABLES = (Table, InlineTable, OutOfOrderTableProxy)
+_TOMLLIB_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+class TrustSource(enum.Enum):
+    """Where the trust of a started thread's project lives."""
+
+    PERSISTED = "persisted"
+    IN_MEMORY = "in_memory"
+
+
+@dataclass(frozen=True)
+class TrustOutcome:
+    """What `mark_trusted` did; `warning` is set exactly when the write failed."""
+
+    project_path: str
+    trusted: bool
+    source: TrustSource
+    warning: str | None
+
+
+class _NotSaved(Exception):
+    """Trust could not be written; the message is the reason shown to the user."""
+
+
+def resolve_trust_target(cwd: str) -> Path:
+    """The resolved folder to trust for a thread started in `cwd`.
+
+    Raises InvalidArgument unless `cwd` is an absolute path to an existing directory.
+    """
+    directory = _checked_cwd(cwd)
+    return repository_root(directory) or directory
+
+
+class ProjectTrust:
+    """Marks and reads project trust in `{config_home}/config.toml`."""
+
+    def __init__(
+        self, config_home: Path, *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+    ) -> None:
+        self._home = config_home
+        self._config = config_home / CONFIG_FILE_NAME
+        self._lock = config_home / LOCK_FILE_NAME
+        self._lock_timeout_s = lock_timeout_s
+
+    @property
+    def config_path(self) -> Path:
+        """The file trust is written to."""
+        return self._config
+
+    def mark_trusted(self, cwd: str) -> TrustOutcome:
+        """Trust the project holding `cwd`, in the file when possible, else in memory.
+
+        Blocking (file I/O, a lock wait of at most `lock_timeout_s`). Raises
+        InvalidArgument for a bad `cwd`, and nothing else.
+        """
+        project = str(resolve_trust_target(cwd))
+        try:
+            self._persist(project)
+        except _NotSaved as exc:
+            return self._in_memory(project, str(exc))
+        except Exception as exc:  # best effort: no failure may stop a thread start
+            return self._in_memory(project, f"unexpected {type(exc).__name__}", exc_info=True)
+        return TrustOutcome(project, True, TrustSource.PERSISTED, None)
+
+    def is_trusted(self, project_path: str) -> bool:
+        """Whether config.toml trusts exactly this key; False when it cannot be read."""
+        try:
+            data = tomllib.loads(self._config.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return False
+        projects = data.get(PROJECTS_KEY)
+        entry = projects.get(project_path) if isinstance(projects, dict) else None
+        return isinstance(entry, dict) and entry.get(TRUST_LEVEL_KEY) == TRUSTED
+
+    def _persist(self, project: str) -> None:
+        """Write trust for `project` unless the file already holds it."""
+        if self.is_trusted(project):
+            return
+        with _failing_as("cannot create the config folder"):
+            self._home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Checked before the lock file is created: it must not appear in a read-only folder.
+        _require_writable(self._home, "the config folder")
+        with self._locked():
+            self._update(project)
+
+    def _update(self, project: str) -> None:
+        """Read, edit and replace config.toml; call only under the lock."""
+        target = self._config.resolve()  # edit a symlink's target, keep the link
+        if target.parent != self._home.resolve():
+            _require_writable(target.parent, "the folder of config.toml")
+        if target.exists():
+            _require_writable(target, "config.toml")
+        text, previous = _read_config(target)
+        new_text = _edited_config(text, project)
+        if new_text is not None:
+            _replace_atomically(target, new_text.encode("utf-8"), previous)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the cross-process lock that serializes edits of config.toml."""
+        with _failing_as(f"cannot open the lock file {_show(self._lock)}"):
+            fd = os.open(self._lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, NEW_FILE_MODE)
+        try:
+            _acquire(fd, self._lock_timeout_s, self._lock)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _in_memory(self, project: str, reason: str, *, exc_info: bool = False) -> TrustOutcome:
+        """The outcome of a failed write, with its warning logged once."""
+        warning = (
+            f"could not save trust for project {_show(project)} in {_show(self._config)}: "
+            f"{reason}; the project is trusted in memory for this thread only"
+        )
+        logger.warning("%s", warning, exc_info=exc_info)
+        return TrustOutcome(project, True, TrustSource.IN_MEMORY, warning)
+
+
+def _checked_cwd(cwd: str) -> Path:
+    """`cwd` resolved, or InvalidArgument saying what is wrong with it."""
+    if not cwd:
+        raise InvalidArgument("cwd is empty; give the absolute path of an existing directory")
+    if "\0" in cwd:
+        raise InvalidArgument("cwd must not contain a NUL character")
+    if not os.path.isabs(cwd):
+        raise InvalidArgument(f"cwd must be an absolute path, got {_show(cwd)}")
+    try:
+        resolved = Path(cwd).resolve(strict=True)
+        is_dir = resolved.is_dir()
+    except FileNotFoundError:
+        raise InvalidArgument(f"cwd {_show(cwd)} does not exist") from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise InvalidArgument(f"cwd {_show(cwd)} cannot be used: {_reason(exc)}") from None
+    if not is_dir:
+        raise InvalidArgument(f"cwd {_show(cwd)} is not a directory")
+    return resolved
+
+
+def _edited_config(text: str, project: str) -> str | None:
+    """The text of config.toml with `project` trusted, or None when it already is."""
+    try:
+        project.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _NotSaved("the project path is not valid UTF-8, which TOML cannot hold") from None
+    doc, before = _parse(text)
+    new_text = _with_trust(doc, text, project)
+    if new_text is not None:
+        _check_edit(before, new_text, project)
+    return new_text
+
+
+def _parse(text: str) -> tuple[tomlkit.TOMLDocument, dict[str, Any]]:
+    """The file as tomlkit edits it and as tomllib (the settings' parser) reads it."""
+    try:
+        return tomlkit.parse(text), tomllib.loads(text)
+    except ParseError as exc:  # tomlkit counts columns from 0
+        raise _NotSaved(_malformed(exc.line, exc.col + 1)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        found = _TOMLLIB_POSITION.search(str(exc))
+        line, column = (int(found[1]), int(found[2])) if found else (None, None)
+        raise _NotSaved(_malformed(line, column)) from exc
+    except TOMLKitError as exc:
+        raise _NotSaved(f"tomlkit cannot edit config.toml ({type(exc).__name__})") from exc
+
+
+def _malformed(line: int | None, column: int | None) -> str:
+    """The reason for a file that does not parse; its text is not quoted, it may hold secrets."""
+    where = f"line {line}, column {column}" if line is not None else "end of file"
+    return f"config.toml is not valid TOML (at {where}); it was left unchanged"
+
+
+def _with_trust(doc: tomlkit.TOMLDocument, text: str, project: str) -> str | None:
+    """`text` edited to trust `project`, or None when it already does."""
+    projects = doc.get(PROJECTS_KEY)
+    if projects is None:
+        return _appended(text, project)
+    if not isinstance(projects, _TABLES):
+        raise _NotSaved("`projects` in config.toml is not a table; it was left unchanged")
+    entry = projects.get(project)
+    if entry is None and isinstance(projects, InlineTable):
+        inline_entry = tomlkit.inline_table()
+        inline_entry[TRUST_LEVEL_KEY] = TRUSTED
+        projects[project] = inline_entry
+        return doc.as_string()
+    if entry is None:
+        return _appended(text, project)
+    if not isinstance(entry, _TABLES):
+        raise _NotSaved("this project's entry in config.toml is not a table; it was left unchanged")
+    if entry.get(TRUST_LEVEL_KEY) == TRUSTED:
+        return None
+    entry[TRUST_LEVEL_KEY] = TRUSTED
+    return doc.as_string()
+
+
+def _appended(text: str, project: str) -> str:
+    """`text` followed by a new `[projects."<project>"]` table.
+
+    Appending leaves every existing byte where it was. TOML lets a sub-table
+    of `projects` be declared anywhere, and tomlkit renders the header, so
+    the key is quoted and escaped by a TOML library, not by hand.
+    """
+    entry = tomlkit.table()
+    entry.add(TRUST_LEVEL_KEY, TRUSTED)
+    projects = tomlkit.table(is_super_table=True)
+    projects.add(project, entry)
+    fragment = tomlkit.document()
+    fragment.add(PROJECTS_KEY, projects)
+    newline = "\r\n" if "\r\n" in text else "\n"
+    return text + _separator(text, newline) + fragment.as_string().replace("\n", newline)
+
+
+def _separator(text: str, newline: str) -> str:
+    """What puts one blank line between `text` and an appended table."""
+    if not text or text.endswith(("\n\n", "\r\n\r\n")):
+        return ""
+    return newline if text.endswith("\n") else newline * 2
+
+
+def _check_edit(before: dict[str, Any], new_text: str, project: str) -> None:
+    """Refuse an edit unless it reads back as the old data plus this one trust."""
+    expected = copy.deepcopy(before)
+    expected.setdefault(PROJECTS_KEY, {}).setdefault(project, {})[TRUST_LEVEL_KEY] = TRUSTED
+    try:
+        tomlkit.parse(new_text)
+        after = tomllib.loads(new_text)
+    except (TOMLKitError, tomllib.TOMLDecodeError) as exc:
+        raise _NotSaved("the edited config.toml would not parse; it was left unchanged") from exc
+    if not _same(after, expected):
+        raise _NotSaved("the edited config.toml would not read back as expected; left unchanged")
+
+
+def _same(a: object, b: object) -> bool:
+    """Equality of parsed TOML where NaN equals NaN and 1 is not True."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
+
+
+def _require_writable(path: Path, label: str) -> None:
+    """Refuse a file or folder that is read-only, judged by its mode bits too.
+
+    access(2) says yes to root for anything; a path without any write bit is
+    still one its owner wants left alone.
+    """
+    with _failing_as(f"cannot inspect {label} {_show(path)}"):
+        mode = os.stat(path).st_mode
+    needed = os.W_OK | os.X_OK if stat.S_ISDIR(mode) else os.W_OK
+    if not mode & _ANY_WRITE_BIT or not os.access(path, needed):
+        raise _NotSaved(f"{label} {_show(path)} is read-only")
+
+
+def _read_config(path: Path) -> tuple[str, os.stat_result | None]:
+    """The text of config.toml and its stat, or ("", None) when it does not exist."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+            previous = os.fstat(fh.fileno())
+    except FileNotFoundError:
+        return "", None
+    except OSError as exc:
+        raise _NotSaved(f"cannot read config.toml: {_reason(exc)}") from exc
+    try:
+        return raw.decode("utf-8"), previous
+    except UnicodeDecodeError as exc:
+        raise _NotSaved(
+            f"config.toml is not valid UTF-8 (at byte {exc.start}); it was left unchanged"
+        ) from exc
+
+
+def _replace_atomically(path: Path, data: bytes, previous: os.stat_result | None) -> None:
+    """Swap in new contents so that readers see the old file or the new, never half."""
+    mode = stat.S_IMODE(previous.st_mode) if previous else NEW_FILE_MODE
+    with _failing_as("cannot write config.toml"):
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            try:
+                _write_all(fd, data)
+                os.fchmod(fd, mode)
+                _keep_owner(fd, previous)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, path)
+        except BaseException:
+            _remove_quietly(temp)
+            raise
+    _fsync_folder(path.parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte; os.write may write fewer than asked."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _keep_owner(fd: int, previous: os.stat_result | None) -> None:
+    """Give the new file the old one's owner, when we may (e.g. a service run as root)."""
+    if previous is None or (previous.st_uid, previous.st_gid) == (os.geteuid(), os.getegid()):
+        return
+    # An unprivileged writer owns what it writes; saving the content matters more.
+    with suppress(PermissionError):
+        os.fchown(fd, previous.st_uid, previous.st_gid)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable; some file systems cannot sync a folder, which is no failure."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        logger.debug("could not fsync %s: %s", _show(folder), _reason(exc))
+
+
+def _remove_quietly(path: str) -> None:
+    """Delete a temporary file; a failure here must not hide the original error."""
+    try:
+        os.unlink(path)
+    except OSError:
+        logger.debug("could not remove temporary file %s", _show(path))
+
+
+def _acquire(fd: int, timeout_s: float, path: Path) -> None:
+    """Take an exclusive flock, polling so that a stuck holder cannot hang a thread start."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise _NotSaved(
+                    f"timed out after {timeout_s:g} s waiting for the lock {_show(path)}"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        except OSError as exc:
+            raise _NotSaved(f"cannot lock {_show(path)}: {_reason(exc)}") from exc
+
+
+@contextmanager
+def _failing_as(what: str) -> Iterator[None]:
+    """Turn an OSError into a reason: `what` went wrong, and the system's why."""
+    try:
+        yield
+    except OSError as exc:
+        raise _NotSaved(f"{what}: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """The system's words for an error, without file names (the caller names paths)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    return str(exc) or type(exc).__name__
+
+
+def _show(path: str | Path) -> str:
+    """A path quoted for a one-line message: control characters escaped, the rest as is."""
+    return json.dumps(str(path), ensure_ascii=False)
