@@ -9,6 +9,7 @@ from typing import Protocol
 
 from model_service.prompt_cache import PromptCache
 from model_service.providers.embedded import EmbeddedProvider
+from model_service.providers.http import HttpProvider
 from spindle.model import ModelEvent, ModelRequest
 from spindle.settings import EMBEDDED_PROVIDER, ModelServiceSettings
 
@@ -38,8 +39,6 @@ class Router:
             )
         }
         for name, provider_settings in settings.providers.items():
-            from model_service.providers.http import HttpProvider
-
             providers[name] = HttpProvider(provider_settings, environ)
         return cls(providers, settings.models, settings.default_provider)
 

@@ -1,0 +1,376 @@
+"""An OpenAI-compatible provider over HTTP: one pooled httpx client, SSE streams.
+
+`wire_api` picks the request and stream format (`responses_wire` or
+`chat_wire`); this module owns what both share: headers, the API key,
+timeouts, retries and the mapping of HTTP failures to Spindle error codes.
+
+Choices (README material):
+- Headers on every request: `authorization: Bearer <key>` when `api_key_env`
+  names a set variable; `session_id` and `x-spindle-thread-id` (the thread
+  id), `x-spindle-window-id` (the window id), and `x-openai-subagent` (the
+  sub-agent kind, only for sub-agent threads). `settings.headers` are sent
+  as well (the ones above win a clash), and `settings.query_params` are
+  added to the URL (for example Azure's `api-version`). The body carries
+  `prompt_cache_key` unchanged.
+- A missing key variable fails the call with FAILED_PRECONDITION naming the
+  variable. The key never appears in errors (it is masked even when a
+  provider echoes it) or logs; nothing here logs headers.
+- Retries: connection failures, HTTP 429 and 5xx, and a body that ends before
+  its first event, up to `max_retries` times and only while the caller has
+  received no event. The wait is exponential with full jitter (a random time
+  up to `backoff_initial * 2**n`, at most `backoff_max`), or exactly what
+  `Retry-After` asks (seconds or an HTTP date). A `Retry-After` longer than
+  `backoff_max` is not waited for: the call fails at once with the
+  provider's error, instead of holding the caller past any useful deadline.
+  A 429 whose error code is `insufficient_quota` is not retried. httpx itself
+  does not retry (transport `retries=0`), so there is no second loop.
+- Timeouts: httpx gets `connect_timeout`, `read_timeout` (also used for
+  writes) and `pool_timeout`; `idle_timeout` bounds the silence between two
+  lines of a stream (0 turns it off) and fails with DEADLINE_EXCEEDED, as
+  does a read timeout.
+- Status codes: 400, 413 and 422 are INVALID_ARGUMENT, 401 UNAUTHENTICATED,
+  403 PERMISSION_DENIED, 404 NOT_FOUND, 408 DEADLINE_EXCEEDED, 429
+  RESOURCE_EXHAUSTED, 5xx and connection failures UNAVAILABLE, any other
+  status FAILED_PRECONDITION (a misconfigured provider), and so is a 2xx
+  JSON answer (a server that does not stream). Messages read
+  `provider 'NAME': HTTP 429: <the provider's error.message>`.
+- Closing: each attempt holds its response in `async with`, so a consumer
+  that stops iterating (call `aclose()` on the stream, or use
+  `contextlib.aclosing`) or a cancelled task closes the upstream connection
+  at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import random
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+
+import httpx
+
+from model_service.providers import chat_wire, responses_wire
+from model_service.providers.sse import SseEvent, SseParser
+from spindle.errors import ErrorCode, ModelError
+from spindle.model import Completed, ModelEvent, ModelRequest
+from spindle.settings import ProviderSettings
+
+log = logging.getLogger(__name__)
+
+# A stream holds its connection for the whole answer, so the pool is wider
+# than httpx's default of 100; the gRPC server bounds concurrency anyway.
+_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=64)
+# After the completing event, how long to wait for the end of the body so that
+# the connection goes back to the pool rather than being closed.
+_DRAIN_SECONDS = 1.0
+_ERROR_BODY_LIMIT = 64 * 1024
+_MESSAGE_LIMIT = 500
+_SECRET_HEADER_WORDS = ("authorization", "key", "token", "secret")
+_REDACTED = "[redacted]"
+
+
+class _Decoder(Protocol):
+    def feed(self, event: SseEvent) -> list[ModelEvent]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Wire:
+    path: str
+    encode: Callable[[ModelRequest], dict[str, Any]]
+    decoder: Callable[[], _Decoder]
+
+
+_WIRES = {
+    "responses": _Wire(
+        "/responses", responses_wire.encode_request, responses_wire.ResponsesDecoder
+    ),
+    "chat": _Wire("/chat/completions", chat_wire.encode_request, chat_wire.ChatDecoder),
+}
+
+
+class _Retryable(Exception):
+    """A failed attempt that may be retried if the caller has seen nothing yet."""
+
+    def __init__(self, error: ModelError, retry_after: float | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.retry_after = retry_after
+
+
+class HttpProvider:
+    """Streams model calls from one OpenAI-compatible provider."""
+
+    def __init__(
+        self,
+        settings: ProviderSettings,
+        environ: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if settings.wire_api not in _WIRES:
+            raise ValueError(f"provider {settings.name!r}: unknown wire_api {settings.wire_api!r}")
+        self._wire = _WIRES[settings.wire_api]
+        url = httpx.URL(settings.base_url.rstrip("/") + self._wire.path)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"provider {settings.name!r}: base_url must be an http(s) URL")
+        self.settings = settings
+        self._environ = os.environ if environ is None else environ
+        self._url = url
+        self._client = httpx.AsyncClient(
+            transport=transport or httpx.AsyncHTTPTransport(retries=0, limits=_LIMITS),
+            timeout=httpx.Timeout(
+                connect=settings.connect_timeout,
+                read=settings.read_timeout,
+                write=settings.read_timeout,
+                pool=settings.pool_timeout,
+            ),
+            headers={"accept": "text/event-stream", **settings.headers},
+            params=dict(settings.query_params),
+            follow_redirects=False,
+        )
+        self._idle = settings.idle_timeout if settings.idle_timeout > 0 else None
+        self._secrets = [
+            value
+            for name, value in settings.headers.items()
+            if len(value) >= 8 and any(word in name.lower() for word in _SECRET_HEADER_WORDS)
+        ]
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
+        """The events of one model call; raises `ModelError` with a provider-prefixed message."""
+        key = ""
+        try:
+            key = self._api_key()
+            body = self._wire.encode(request)
+            headers = self._identity_headers(request, key)
+            failures = 0
+            while True:
+                started = False
+                try:
+                    async with aclosing(self._attempt(body, headers)) as events:
+                        async for event in events:
+                            started = True
+                            yield event
+                    return
+                except _Retryable as failure:
+                    delay = None if started else self._retry_delay(failures, failure.retry_after)
+                    if delay is None:
+                        raise failure.error from None
+                    failures += 1
+                    log.warning(
+                        "provider %r: %s; retry %d of %d in %.2f s",
+                        self.settings.name,
+                        self._redact(failure.error.message, key),
+                        failures,
+                        self.settings.max_retries,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+        except ModelError as exc:
+            message = f"provider {self.settings.name!r}: {self._redact(exc.message, key)}"
+            raise ModelError(message, code=exc.code) from None
+
+    def _api_key(self) -> str:
+        name = self.settings.api_key_env
+        if not name:
+            return ""
+        key = self._environ.get(name, "")
+        if not key:
+            raise ModelError(
+                f"environment variable {name} (api_key_env) is not set",
+                code=ErrorCode.FAILED_PRECONDITION,
+            )
+        return key
+
+    def _identity_headers(self, request: ModelRequest, key: str) -> dict[str, str]:
+        headers = {
+            "session_id": request.thread_id,
+            "x-spindle-thread-id": request.thread_id,
+            "x-spindle-window-id": request.window_id,
+            "x-openai-subagent": request.sub_agent_kind,
+        }
+        for name, value in headers.items():
+            if not (value.isascii() and value.isprintable()):
+                raise ModelError(
+                    f"{name} must be printable ASCII to be sent as a header",
+                    code=ErrorCode.INVALID_ARGUMENT,
+                )
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        return {name: value for name, value in headers.items() if value}
+
+    async def _attempt(
+        self, body: dict[str, Any], headers: dict[str, str]
+    ) -> AsyncGenerator[ModelEvent, None]:
+        """One HTTP exchange; transport failures become `_Retryable` or `ModelError`."""
+        try:
+            async with self._client.stream(
+                "POST", self._url, json=body, headers=headers
+            ) as response:
+                await self._check_status(response)
+                lines = response.aiter_lines()
+                parser, decoder = SseParser(), self._wire.decoder()
+                while (line := await self._next_line(lines)) is not None:
+                    sse = parser.feed(line)
+                    for event in decoder.feed(sse) if sse is not None else ():
+                        if isinstance(event, Completed):
+                            await self._drain(lines)
+                            yield event
+                            return
+                        yield event
+            raise _Retryable(
+                ModelError("stream ended before completion", code=ErrorCode.UNAVAILABLE)
+            )
+        except httpx.ReadTimeout:
+            raise ModelError(
+                f"no data for more than {self.settings.read_timeout:g} s (read_timeout)",
+                code=ErrorCode.DEADLINE_EXCEEDED,
+            ) from None
+        except httpx.TransportError as exc:
+            message = f"connection failed: {str(exc) or type(exc).__name__}"
+            raise _Retryable(ModelError(message, code=ErrorCode.UNAVAILABLE)) from None
+        except httpx.HTTPError as exc:  # a body httpx cannot decode, for one
+            message = f"bad response: {str(exc) or type(exc).__name__}"
+            raise ModelError(message, code=ErrorCode.UNAVAILABLE) from None
+
+    async def _next_line(self, lines: AsyncIterator[str]) -> str | None:
+        """The next line of the body, or None at its end; silence is bounded by idle_timeout."""
+        try:
+            async with asyncio.timeout(self._idle):
+                return await anext(lines)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise ModelError(
+                f"stream idle for more than {self.settings.idle_timeout:g} s (idle_timeout)",
+                code=ErrorCode.DEADLINE_EXCEEDED,
+            ) from None
+
+    async def _drain(self, lines: AsyncIterator[str]) -> None:
+        """Read what follows the completing event (`[DONE]`, the end of the body)."""
+        try:
+            async with asyncio.timeout(_DRAIN_SECONDS):
+                async for _ in lines:
+                    pass
+        except (TimeoutError, httpx.HTTPError):
+            pass  # the event is complete; the connection is simply not reused
+
+    async def _check_status(self, response: httpx.Response) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            if response.headers.get("content-type", "").startswith("application/json"):
+                # A whole JSON answer: the server ignored `stream: true`.
+                raise ModelError(
+                    "expected an event stream, got a JSON body (does the server stream?)",
+                    code=ErrorCode.FAILED_PRECONDITION,
+                )
+            return
+        detail, provider_code = _error_detail(await self._error_body(response))
+        error = ModelError(
+            f"HTTP {status}: {detail or response.reason_phrase or 'error'}",
+            code=_status_code(status),
+        )
+        if status == 429 and provider_code == "insufficient_quota":
+            raise error
+        if status == 429 or status >= 500:
+            raise _Retryable(error, retry_after_seconds(response.headers.get("retry-after")))
+        raise error
+
+    async def _error_body(self, response: httpx.Response) -> bytes:
+        """At most `_ERROR_BODY_LIMIT` bytes of an error body, within idle_timeout."""
+        body = bytearray()
+        try:
+            async with asyncio.timeout(self._idle):
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) >= _ERROR_BODY_LIMIT:
+                        break
+        except (TimeoutError, httpx.HTTPError):
+            pass  # the status says enough
+        return bytes(body[:_ERROR_BODY_LIMIT])
+
+    def _retry_delay(self, failures: int, retry_after: float | None) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up now."""
+        settings = self.settings
+        if failures >= settings.max_retries:
+            return None
+        if retry_after is not None:
+            if retry_after > settings.backoff_max:
+                log.warning(
+                    "provider %r: Retry-After %.1f s exceeds backoff_max %.1f s; not retrying",
+                    settings.name,
+                    retry_after,
+                    settings.backoff_max,
+                )
+                return None
+            return retry_after
+        ceiling = min(settings.backoff_max, settings.backoff_initial * 2**failures)
+        return random.uniform(0.0, max(ceiling, 0.0))
+
+    def _redact(self, text: str, key: str) -> str:
+        for secret in (key, *self._secrets):
+            if secret:
+                text = text.replace(secret, _REDACTED)
+        return text
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """The wait a `Retry-After` header asks for (delay-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _status_code(status: int) -> ErrorCode:
+    if status in (400, 413, 422):
+        return ErrorCode.INVALID_ARGUMENT
+    if status >= 500:
+        return ErrorCode.UNAVAILABLE
+    return {
+        401: ErrorCode.UNAUTHENTICATED,
+        403: ErrorCode.PERMISSION_DENIED,
+        404: ErrorCode.NOT_FOUND,
+        408: ErrorCode.DEADLINE_EXCEEDED,
+        429: ErrorCode.RESOURCE_EXHAUSTED,
+    }.get(status, ErrorCode.FAILED_PRECONDITION)
+
+
+def _error_detail(body: bytes) -> tuple[str, str]:
+    """The provider's message and error code from an error body (JSON or text)."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return " ".join(text.split())[:_MESSAGE_LIMIT], ""
+    error = data.get("error") if isinstance(data, dict) else None
+    message: object = None
+    code: object = None
+    if isinstance(error, dict):
+        message, code = error.get("message"), error.get("code")
+    elif isinstance(error, str):
+        message = error
+    elif isinstance(data, dict):
+        message = data.get("message") or data.get("detail")
+    if not isinstance(message, str):
+        message = text
+    return " ".join(message.split())[:_MESSAGE_LIMIT], str(code or "")

@@ -1,0 +1,281 @@
+"""The OpenAI Responses wire (`POST {base_url}/responses`, streamed).
+
+Spindle's items are shaped after this API, so the mapping is nearly one to
+one. The few helpers both wires need (tool schemas, the text of a message
+between agents, provider error codes) live here as well, and `chat_wire`
+imports them, so that both wires say the same thing the same way.
+
+Request choices (README material):
+- `instructions` is sent as `instructions`; messages become `message` items
+  with `input_text` content, or `output_text` for the assistant.
+- An assistant message's `phase` (commentary or final_answer) is sent as the
+  item's `phase`, a field of OpenAI's Responses API that OpenAI asks callers
+  to resend; messages without a phase are sent without one.
+- A `Reasoning` item is sent as a `reasoning` item with its summary and
+  `encrypted_content`. One without encrypted content is skipped: OpenAI finds
+  a reasoning item's content by its id or its encrypted content, Spindle keeps
+  no id, so such an item would carry nothing the model reads (and OpenAI
+  refuses a reasoning item that has neither).
+- An `AgentMessage` becomes a user message whose text starts with
+  `[message from agent thread <sender id>]` and a newline.
+- Tools are `function` tools with `strict: false`: OpenAI's default is strict
+  validation, which refuses most hand-written JSON schemas.
+
+Stream choices: `response.incomplete` is an error, not a completion, so that
+a cut-short answer is never recorded as a final answer: RESOURCE_EXHAUSTED
+when the output token limit cut it, FAILED_PRECONDITION for any other reason
+(content filter). `response.failed` and `error` events raise with the
+provider's message and a code derived from the provider's error code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from model_service.providers.sse import SseEvent
+from spindle.errors import ErrorCode, ModelError
+from spindle.items import (
+    AgentMessage,
+    FunctionCall,
+    FunctionCallOutput,
+    Item,
+    Message,
+    Phase,
+    Reasoning,
+    Role,
+)
+from spindle.model import Completed, ItemDone, ModelEvent, ModelRequest, TextDelta, Tool, Usage
+
+JsonObject = dict[str, Any]
+
+EMPTY_PARAMETERS: JsonObject = {"type": "object", "properties": {}}
+
+# Provider error codes (`error.code`) whose meaning is clear; other codes that
+# name bad input map to INVALID_ARGUMENT, the rest to UNAVAILABLE.
+_PROVIDER_CODES = {
+    "rate_limit_exceeded": ErrorCode.RESOURCE_EXHAUSTED,
+    "insufficient_quota": ErrorCode.RESOURCE_EXHAUSTED,
+    "server_error": ErrorCode.UNAVAILABLE,
+    "vector_store_timeout": ErrorCode.UNAVAILABLE,
+    "context_length_exceeded": ErrorCode.INVALID_ARGUMENT,
+    "invalid_api_key": ErrorCode.UNAUTHENTICATED,
+    "model_not_found": ErrorCode.NOT_FOUND,
+}
+_BAD_INPUT_WORDS = ("invalid", "image", "unsupported", "too_large", "too_small")
+_TOKEN_LIMIT_REASONS = ("max_output_tokens", "length")
+_PHASES = {phase.value: phase for phase in Phase}
+
+
+def tool_parameters(tool: Tool) -> JsonObject:
+    """The JSON schema of a tool's parameters; an empty one means "no parameters"."""
+    if not tool.name:
+        raise ModelError("a tool has no name", code=ErrorCode.INVALID_ARGUMENT)
+    if not tool.parameters_json.strip():
+        return dict(EMPTY_PARAMETERS)
+    try:
+        schema = json.loads(tool.parameters_json)
+    except ValueError as exc:
+        raise ModelError(
+            f"tool {tool.name!r}: parameters_json is not valid JSON: {exc}",
+            code=ErrorCode.INVALID_ARGUMENT,
+        ) from None
+    if not isinstance(schema, dict):
+        raise ModelError(
+            f"tool {tool.name!r}: parameters_json must be a JSON object",
+            code=ErrorCode.INVALID_ARGUMENT,
+        )
+    return schema
+
+
+def agent_message_text(item: AgentMessage) -> str:
+    """How a message from another agent thread reads to the model (both wires)."""
+    return f"[message from agent thread {item.sender_thread_id}]\n{item.text}"
+
+
+def error_code_for(provider_code: object) -> ErrorCode:
+    """The status for a provider's error code (`rate_limit_exceeded`, ...)."""
+    name = str(provider_code or "").lower()
+    if name in _PROVIDER_CODES:
+        return _PROVIDER_CODES[name]
+    if any(word in name for word in _BAD_INPUT_WORDS):
+        return ErrorCode.INVALID_ARGUMENT
+    return ErrorCode.UNAVAILABLE
+
+
+def incomplete_error(reason: str) -> ModelError:
+    """The error for an answer the provider stopped early (see the module docstring)."""
+    reason = reason or "unknown reason"
+    if reason in _TOKEN_LIMIT_REASONS:
+        return ModelError(
+            f"response incomplete: output token limit reached ({reason})",
+            code=ErrorCode.RESOURCE_EXHAUSTED,
+        )
+    return ModelError(f"response incomplete: {reason}", code=ErrorCode.FAILED_PRECONDITION)
+
+
+def parse_event_data(data: str) -> JsonObject:
+    """The JSON object an event carries; anything else is a broken stream."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ModelError(f"malformed stream event: {data[:200]!r}", code=ErrorCode.UNAVAILABLE)
+    return value
+
+
+def as_object(value: object) -> JsonObject:
+    """`value` if it is a JSON object, else an empty one (missing or null fields)."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def as_str(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def encode_request(request: ModelRequest) -> JsonObject:
+    """The JSON body of a streamed `POST /responses` for `request`."""
+    body: JsonObject = {"model": request.model}
+    if request.instructions:
+        body["instructions"] = request.instructions
+    body["input"] = [encoded for item in request.input if (encoded := _encode_item(item))]
+    if request.tools:
+        body["tools"] = [_encode_tool(tool) for tool in request.tools]
+    body["stream"] = True
+    body["prompt_cache_key"] = request.prompt_cache_key
+    return body
+
+
+def _message(role: str, text: str, phase: Phase | None = None) -> JsonObject:
+    part = "output_text" if role == Role.ASSISTANT.value else "input_text"
+    encoded: JsonObject = {
+        "type": "message",
+        "role": role,
+        "content": [{"type": part, "text": text}],
+    }
+    if phase is not None:
+        encoded["phase"] = phase.value
+    return encoded
+
+
+def _encode_item(item: Item) -> JsonObject | None:
+    match item:
+        case Message(role=role, text=text, phase=phase):
+            return _message(role.value, text, phase if role is Role.ASSISTANT else None)
+        case Reasoning(summary=summary, encrypted_content=encrypted):
+            if not encrypted:
+                return None
+            parts = [{"type": "summary_text", "text": summary}] if summary else []
+            return {"type": "reasoning", "summary": parts, "encrypted_content": encrypted}
+        case FunctionCall(call_id=call_id, name=name, arguments=arguments):
+            return {
+                "type": "function_call",
+                "call_id": call_id,
+                "name": name,
+                "arguments": arguments,
+            }
+        case FunctionCallOutput(call_id=call_id, output=output):
+            return {"type": "function_call_output", "call_id": call_id, "output": output}
+        case AgentMessage():
+            return _message(Role.USER.value, agent_message_text(item))
+    raise ModelError(f"cannot send item {item!r}", code=ErrorCode.INVALID_ARGUMENT)
+
+
+def _encode_tool(tool: Tool) -> JsonObject:
+    encoded: JsonObject = {"type": "function", "name": tool.name}
+    if tool.description:
+        encoded["description"] = tool.description
+    encoded["parameters"] = tool_parameters(tool)
+    encoded["strict"] = False
+    return encoded
+
+
+@dataclass(slots=True)
+class ResponsesDecoder:
+    """Turns Responses stream events into Spindle events, one event at a time."""
+
+    _response_id: str = ""
+    _arguments: dict[str, list[str]] = field(default_factory=dict)
+
+    def feed(self, event: SseEvent) -> list[ModelEvent]:
+        """The events `event` produces; a `Completed` is always the last one."""
+        data = parse_event_data(event.data)
+        kind = as_str(data.get("type")) or event.event
+        if kind == "response.created":
+            self._response_id = as_str(as_object(data.get("response")).get("id"))
+        elif kind in ("response.output_text.delta", "response.refusal.delta"):
+            delta = as_str(data.get("delta"))
+            return [TextDelta(delta)] if delta else []
+        elif kind == "response.function_call_arguments.delta":
+            key = as_str(data.get("item_id")) or str(data.get("output_index"))
+            self._arguments.setdefault(key, []).append(as_str(data.get("delta")))
+        elif kind == "response.output_item.done":
+            item = self._item(as_object(data.get("item")), data.get("output_index"))
+            return [ItemDone(item)] if item is not None else []
+        elif kind == "response.completed":
+            return [self._completed(as_object(data.get("response")))]
+        elif kind == "response.failed":
+            error = as_object(as_object(data.get("response")).get("error"))
+            raise _provider_error(error, "response failed")
+        elif kind == "error":
+            raise _provider_error(as_object(data.get("error")) or data, "stream error")
+        elif kind == "response.incomplete":
+            details = as_object(as_object(data.get("response")).get("incomplete_details"))
+            raise incomplete_error(as_str(details.get("reason")))
+        return []
+
+    def _item(self, item: JsonObject, output_index: object) -> Item | None:
+        kind = item.get("type")
+        if kind == "message":
+            return _output_message(item)
+        if kind == "function_call":
+            key = as_str(item.get("id")) or str(output_index)
+            streamed = "".join(self._arguments.pop(key, []))
+            return FunctionCall(
+                call_id=as_str(item.get("call_id")),
+                name=as_str(item.get("name")),
+                arguments=as_str(item.get("arguments")) or streamed,
+            )
+        if kind == "reasoning":
+            summary = item.get("summary")
+            texts = [as_str(as_object(part).get("text")) for part in summary or []]
+            return Reasoning(
+                summary="\n\n".join(text for text in texts if text),
+                encrypted_content=as_str(item.get("encrypted_content")),
+            )
+        return None  # hosted tools and other item types have no Spindle form
+
+    def _completed(self, response: JsonObject) -> Completed:
+        usage = as_object(response.get("usage"))
+        details = as_object(usage.get("input_tokens_details"))
+        return Completed(
+            usage=Usage(
+                input_tokens=as_int(usage.get("input_tokens")),
+                cached_input_tokens=as_int(details.get("cached_tokens")),
+                output_tokens=as_int(usage.get("output_tokens")),
+            ),
+            response_id=as_str(response.get("id")) or self._response_id,
+        )
+
+
+def _output_message(item: JsonObject) -> Message:
+    texts = []
+    for part in item.get("content") or []:
+        part = as_object(part)
+        if part.get("type") == "output_text":
+            texts.append(as_str(part.get("text")))
+        elif part.get("type") == "refusal":
+            texts.append(as_str(part.get("refusal")))
+    phase = _PHASES.get(as_str(item.get("phase")), Phase.FINAL_ANSWER)
+    return Message(Role.ASSISTANT, "".join(texts), phase)
+
+
+def _provider_error(error: JsonObject, fallback: str) -> ModelError:
+    message = as_str(error.get("message")) or fallback
+    return ModelError(message, code=error_code_for(error.get("code")))
