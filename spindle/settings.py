@@ -71,15 +71,37 @@ class ProviderSettings:
     base_url: str
     wire_api: str = "responses"  # "responses" or "chat"
     api_key_env: str = ""  # name of the environment variable holding the key
+    # "authorization" sends `Bearer <key>`; any other name (Azure: "api-key")
+    # sends the bare key in that header.
+    api_key_header: str = "authorization"
     headers: Mapping[str, str] = field(default_factory=dict)
     query_params: Mapping[str, str] = field(default_factory=dict)
+    # Added to every request body, e.g. {store = false} or reasoning options;
+    # it cannot replace what Spindle sets itself (see RESERVED_BODY_FIELDS).
+    extra_body: Mapping[str, Any] = field(default_factory=dict)
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
+    write_timeout: float = 60.0
     pool_timeout: float = 10.0
-    idle_timeout: float = 300.0  # longest silence inside a stream
+    idle_timeout: float = 300.0  # longest silence inside a stream; 0 turns it off
+    max_connections: int = 512
     max_retries: int = 4
     backoff_initial: float = 0.25
     backoff_max: float = 8.0
+
+
+RESERVED_BODY_FIELDS = frozenset(
+    {
+        "model",
+        "input",
+        "messages",
+        "instructions",
+        "tools",
+        "stream",
+        "stream_options",
+        "prompt_cache_key",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -119,6 +141,7 @@ def _flag(name: str) -> str:
 
 
 def _convert(cls: type[Any], name: str, value: Any, origin: str) -> Any:
+    """`value` as the type of field `name` of `cls`, or a SettingsError naming `origin`."""
     kind = str({f.name: f.type for f in dataclasses.fields(cls)}[name])
     try:
         if kind == "Path":
@@ -233,19 +256,46 @@ def _providers(tables: Any, environ: Mapping[str, str], origin: str) -> dict[str
         unknown = sorted(set(table) - known)
         if unknown:
             raise SettingsError(f"{where}: unknown setting(s): {', '.join(unknown)}")
-        # SPINDLE_PROVIDER_<NAME>_BASE_URL overrides base_url, for containers.
-        env_base = environ.get(f"SPINDLE_PROVIDER_{name.upper().replace('-', '_')}_BASE_URL")
-        if env_base:
-            table = {**table, "base_url": env_base}
+        table = {**table, **_provider_environment(name, environ)}
         if "base_url" not in table:
             raise SettingsError(f"{where}: base_url is required")
         if table.get("wire_api", "responses") not in ("responses", "chat"):
             raise SettingsError(f"{where}: wire_api must be 'responses' or 'chat'")
-        try:
-            result[name] = ProviderSettings(name=name, **table)
-        except TypeError as exc:
-            raise SettingsError(f"{where}: {exc}") from None
+        for mapping in ("headers", "query_params", "extra_body"):
+            if not isinstance(table.get(mapping, {}), dict):
+                raise SettingsError(f"{where}: {mapping} must be a table")
+        for mapping in ("headers", "query_params"):
+            if not all(isinstance(v, str) for v in table.get(mapping, {}).values()):
+                raise SettingsError(f"{where}: {mapping} values must be strings")
+        reserved = sorted(RESERVED_BODY_FIELDS & set(table.get("extra_body", {})))
+        if reserved:
+            raise SettingsError(f"{where}: extra_body cannot set {', '.join(reserved)}")
+        values = {
+            key: _convert(ProviderSettings, key, value, where)
+            if key in _PROVIDER_SCALARS
+            else value
+            for key, value in table.items()
+        }
+        result[name] = ProviderSettings(name=name, **values)
     return result
+
+
+_PROVIDER_SCALARS = {
+    f.name
+    for f in dataclasses.fields(ProviderSettings)
+    if f.type in ("str", "int", "float") and f.name != "name"
+}
+
+
+def _provider_environment(name: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """`SPINDLE_PROVIDER_<NAME>_<SETTING>` variables override the provider's
+    scalar settings (e.g. SPINDLE_PROVIDER_OPENAI_BASE_URL), for containers."""
+    prefix = f"SPINDLE_PROVIDER_{name.upper().replace('-', '_')}_"
+    return {
+        key: environ[prefix + key.upper()]
+        for key in sorted(_PROVIDER_SCALARS)
+        if prefix + key.upper() in environ
+    }
 
 
 def _models(table: Any, origin: str) -> dict[str, str]:

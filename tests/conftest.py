@@ -20,3 +20,6 @@ def stack(loop_thread: LoopThread, tmp_path: Path) -> Iterator[Stack]:
     running = start_stack(loop_thread, tmp_path)
     yield running
     running.stop()
+
+
+from tests.upstream import upstream  # noqa: E402, F401  (the `upstream` fixture)

@@ -6,7 +6,8 @@ timeouts, retries and the mapping of HTTP failures to Spindle error codes.
 
 Choices (README material):
 - Headers on every request: `authorization: Bearer <key>` when `api_key_env`
-  names a set variable; `session_id` and `x-spindle-thread-id` (the thread
+  names a set variable (or the bare key in `api_key_header`, Azure's
+  `api-key`); `session_id` and `x-spindle-thread-id` (the thread
   id), `x-spindle-window-id` (the window id), and `x-openai-subagent` (the
   sub-agent kind, only for sub-agent threads). `settings.headers` are sent
   as well (the ones above win a clash), and `settings.query_params` are
@@ -24,8 +25,8 @@ Choices (README material):
   provider's error, instead of holding the caller past any useful deadline.
   A 429 whose error code is `insufficient_quota` is not retried. httpx itself
   does not retry (transport `retries=0`), so there is no second loop.
-- Timeouts: httpx gets `connect_timeout`, `read_timeout` (also used for
-  writes) and `pool_timeout`; `idle_timeout` bounds the silence between two
+- Timeouts: httpx gets `connect_timeout`, `read_timeout`, `write_timeout`
+  and `pool_timeout`; `idle_timeout` bounds the silence between two
   lines of a stream (0 turns it off) and fails with DEADLINE_EXCEEDED, as
   does a read timeout.
 - Status codes: 400, 413 and 422 are INVALID_ARGUMENT, 401 UNAUTHENTICATED,
@@ -65,9 +66,6 @@ from spindle.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
 
-# A stream holds its connection for the whole answer, so the pool is wider
-# than httpx's default of 100; the gRPC server bounds concurrency anyway.
-_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=64)
 # After the completing event, how long to wait for the end of the body so that
 # the connection goes back to the pool rather than being closed.
 _DRAIN_SECONDS = 1.0
@@ -124,11 +122,18 @@ class HttpProvider:
         self._environ = os.environ if environ is None else environ
         self._url = url
         self._client = httpx.AsyncClient(
-            transport=transport or httpx.AsyncHTTPTransport(retries=0, limits=_LIMITS),
+            transport=transport
+            or httpx.AsyncHTTPTransport(
+                retries=0,
+                limits=httpx.Limits(
+                    max_connections=settings.max_connections,
+                    max_keepalive_connections=min(64, settings.max_connections),
+                ),
+            ),
             timeout=httpx.Timeout(
                 connect=settings.connect_timeout,
                 read=settings.read_timeout,
-                write=settings.read_timeout,
+                write=settings.write_timeout,
                 pool=settings.pool_timeout,
             ),
             headers={"accept": "text/event-stream", **settings.headers},
@@ -150,7 +155,7 @@ class HttpProvider:
         key = ""
         try:
             key = self._api_key()
-            body = self._wire.encode(request)
+            body = {**self.settings.extra_body, **self._wire.encode(request)}
             headers = self._identity_headers(request, key)
             failures = 0
             while True:
@@ -205,7 +210,8 @@ class HttpProvider:
                     code=ErrorCode.INVALID_ARGUMENT,
                 )
         if key:
-            headers["authorization"] = f"Bearer {key}"
+            header = self.settings.api_key_header.lower()
+            headers[header] = f"Bearer {key}" if header == "authorization" else key
         return {name: value for name, value in headers.items() if value}
 
     async def _attempt(

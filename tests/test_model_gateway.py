@@ -1,0 +1,209 @@
+"""The model-service in front of an HTTP provider, end to end through gRPC:
+configured from config.toml, it forwards prompt_cache_key and identity
+headers unchanged, maps upstream failures to statuses, and closes the
+upstream request when the gRPC call ends early. The thread-service behind
+it records failed turns and keeps their input."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from model_service.providers.http import HttpProvider
+from spindle import convert, settings
+from spindle.model import Usage
+from spindle.v1 import common_pb2 as c
+from spindle.v1 import model_service_pb2 as mpb
+from spindle.v1 import thread_service_pb2 as tpb
+from tests.harness import LoopThread, Stack, start_stack, wait_until
+from tests.upstream import Reply, UpstreamServer, echo_reply, error_reply, text_reply
+
+
+def gateway_settings(
+    tmp_path: Path, upstream: UpstreamServer, extra: str = ""
+) -> settings.ModelServiceSettings:
+    home = tmp_path / "model-home"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(
+        f"""
+[model_service]
+default_provider = "embedded"
+
+[model_service.models]
+"gpt-test" = "local"
+
+[model_service.providers.local]
+base_url = "{upstream.base_url}"
+wire_api = "responses"
+api_key_env = "SPINDLE_TEST_KEY"
+query_params = {{ api-version = "2026-01-01" }}
+extra_body = {{ store = false }}
+idle_timeout = 1.0
+backoff_initial = 0.01
+max_retries = 2
+{extra}
+"""
+    )
+    return settings.load(
+        settings.ModelServiceSettings,
+        ["--config-home", str(home)],
+        {"SPINDLE_TEST_KEY": "sk-test-secret-123"},
+    )
+
+
+@pytest.fixture
+def gateway(loop_thread: LoopThread, tmp_path: Path, upstream: UpstreamServer) -> Iterator[Stack]:
+    os.environ["SPINDLE_TEST_KEY"] = "sk-test-secret-123"
+    running = start_stack(
+        loop_thread, tmp_path, model_settings=gateway_settings(tmp_path, upstream)
+    )
+    yield running
+    running.stop()
+    del os.environ["SPINDLE_TEST_KEY"]
+
+
+def request(model: str = "gpt-test", text: str = "hi") -> mpb.GenerateRequest:
+    return mpb.GenerateRequest(
+        model=model,
+        prompt_cache_key="root-key",
+        thread_id="thread-9",
+        window_id="thread-9:2",
+        sub_agent_kind="review",
+        input=[c.Item(message=c.Message(role=c.ROLE_USER, text=text))],
+    )
+
+
+def test_a_mapped_model_goes_upstream_with_key_and_identity(
+    gateway: Stack, upstream: UpstreamServer
+) -> None:
+    upstream.script(text_reply("responses", ["Hel", "lo"], usage=Usage(2048, 1920, 3)))
+    events = list(gateway.models.Generate(request()))
+    assert "".join(e.text_delta.text for e in events if e.HasField("text_delta")) == "Hello"
+    usage = events[-1].completed.usage
+    assert (usage.input_tokens, usage.cached_input_tokens, usage.output_tokens) == (2048, 1920, 3)
+    (seen,) = upstream.requests
+    assert seen.path == "/v1/responses"
+    assert seen.query == {"api-version": "2026-01-01"}
+    assert seen.body["prompt_cache_key"] == "root-key"
+    assert seen.body["model"] == "gpt-test"
+    assert seen.body["store"] is False
+    assert seen.headers["authorization"] == "Bearer sk-test-secret-123"
+    assert seen.headers["session_id"] == seen.headers["x-spindle-thread-id"] == "thread-9"
+    assert seen.headers["x-spindle-window-id"] == "thread-9:2"
+    assert seen.headers["x-openai-subagent"] == "review"
+
+
+def test_other_models_stay_on_the_embedded_provider(
+    gateway: Stack, upstream: UpstreamServer
+) -> None:
+    events = list(gateway.models.Generate(request(model="anything-else")))
+    assert events[-2].item_done.item.message.text == "echo: hi"
+    assert upstream.requests == []
+
+
+def test_upstream_failures_map_to_statuses_without_the_key(
+    gateway: Stack, upstream: UpstreamServer
+) -> None:
+    upstream.script(
+        error_reply(429, "slow down sk-test-secret-123", retry_after="0"),
+        error_reply(429, "slow down", retry_after="0"),
+        error_reply(429, "slow down", retry_after="0"),
+        error_reply(401, "bad key"),
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        list(gateway.models.Generate(request()))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "HTTP 429: slow down" in info.value.details()
+    assert len(upstream.requests) == 3  # the first try and max_retries = 2
+    with pytest.raises(grpc.RpcError) as info:
+        list(gateway.models.Generate(request()))
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "sk-test-secret" not in info.value.details()
+
+
+def test_a_stalled_upstream_ends_with_deadline_exceeded(
+    gateway: Stack, upstream: UpstreamServer
+) -> None:
+    reply = text_reply("responses", ["a", "b", "c"])
+    upstream.script(Reply(events=reply.events, stall_after=2))
+    with pytest.raises(grpc.RpcError) as info:
+        list(gateway.models.Generate(request()))
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "idle_timeout" in info.value.details()
+
+
+def test_ending_the_grpc_call_closes_the_upstream_request(
+    gateway: Stack, upstream: UpstreamServer
+) -> None:
+    reply = text_reply("responses", ["a"] * 50)
+    upstream.script(Reply(events=reply.events, event_delay=0.2))
+    call = gateway.models.Generate(request())
+    next(call)
+    call.cancel()
+    wait_until(lambda: upstream.requests[0].disconnected.is_set(), timeout=5)
+    # The caller's deadline bounds the whole upstream request too.
+    upstream.script(Reply(events=reply.events, event_delay=0.2))
+    with pytest.raises(grpc.RpcError) as info:
+        list(gateway.models.Generate(request(), timeout=0.6))
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_until(lambda: upstream.requests[1].disconnected.is_set(), timeout=5)
+
+
+def test_thread_turns_through_the_provider_carry_the_inherited_key(
+    gateway: Stack, upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    upstream.fallback = echo_reply
+    stub = gateway.threads
+    root = stub.StartThread(tpb.StartThreadRequest(cwd=str(tmp_path), model="gpt-test")).thread
+    text = c.Item(message=c.Message(role=c.ROLE_USER, text="question"))
+    list(stub.RunTurn(tpb.RunTurnRequest(thread_id=root.id, input=[text])))
+    child = stub.SpawnThread(
+        tpb.SpawnThreadRequest(
+            parent_id=root.id, fork=tpb.ForkOptions(parent_spawn_call_id="call_1")
+        )
+    ).thread
+    events = list(stub.RunTurn(tpb.RunTurnRequest(thread_id=child.id, input=[text])))
+    assert events[-1].turn_completed.status == tpb.TURN_STATUS_COMPLETED
+    parent_call, child_call = upstream.requests
+    assert parent_call.body["prompt_cache_key"] == child_call.body["prompt_cache_key"] == root.id
+    assert child_call.headers["x-spindle-thread-id"] == child.id
+    assert child_call.headers["x-openai-subagent"] == "thread_spawn"
+
+
+def test_an_upstream_outage_fails_the_turn_and_keeps_the_input(
+    gateway: Stack, upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    upstream.script(*[error_reply(503, "overloaded")] * 3)
+    stub = gateway.threads
+    root = stub.StartThread(tpb.StartThreadRequest(cwd=str(tmp_path), model="gpt-test")).thread
+    text = c.Item(message=c.Message(role=c.ROLE_USER, text="are you there?"))
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.RunTurn(tpb.RunTurnRequest(thread_id=root.id, input=[text])))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "overloaded" in info.value.details()
+    (turn,) = stub.ListTurns(tpb.ListTurnsRequest(thread_id=root.id)).turns
+    assert turn.status == tpb.TURN_STATUS_FAILED
+    assert turn.error.code == c.ERROR_CODE_UNAVAILABLE
+    history = stub.ListThreadItems(tpb.ListThreadItemsRequest(thread_id=root.id)).items
+    assert [i.message.text for i in history] == ["are you there?"]
+
+
+def test_azure_style_key_header(tmp_path: Path, upstream: UpstreamServer) -> None:
+    configured = gateway_settings(tmp_path, upstream, 'api_key_header = "api-key"')
+    provider = HttpProvider(configured.providers["local"], {"SPINDLE_TEST_KEY": "azure-key-1"})
+    upstream.script(text_reply("responses", ["ok"]))
+
+    async def call() -> None:
+        async for _ in provider.stream(convert.request_from_pb(request())):
+            pass
+        await provider.aclose()
+
+    asyncio.run(call())
+    (seen,) = upstream.requests
+    assert seen.headers["api-key"] == "azure-key-1"
+    assert "authorization" not in seen.headers
