@@ -13,7 +13,9 @@ from spindle.settings import ModelServiceSettings
 from spindle.v1 import model_service_pb2, model_service_pb2_grpc
 
 
-def build(settings: ModelServiceSettings, environ: Mapping[str, str] | None = None) -> Service:
+async def build(
+    settings: ModelServiceSettings, environ: Mapping[str, str] | None = None
+) -> Service:
     router = Router.from_settings(settings, environ)
     servicer = ModelServicer(router)
 

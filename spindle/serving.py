@@ -12,14 +12,15 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from spindle.settings import SettingsError
+from spindle import settings
+from spindle.settings import ModelServiceSettings, SettingsError, ThreadServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +106,40 @@ async def run_until_signal(service: Service, listen: str, grace: float, label: s
     log.info("%s stopped", label)
 
 
-def main(run: Callable[[], Coroutine[Any, Any, None]], log_level: str) -> None:
-    """Process entry point: logging, the event loop, and clean exit codes."""
+S = TypeVar("S", ThreadServiceSettings, ModelServiceSettings)
+
+
+def main(
+    settings_class: type[S],
+    build: Callable[[S], Awaitable[Service]],
+    *,
+    label: str,
+    description: str,
+    argv: Sequence[str] | None = None,
+) -> None:
+    """A service process: settings, logging, serving until a signal, exit codes
+    (1 for unusable settings, 2 for a failure to start such as a busy port)."""
+    try:
+        config = settings.load(
+            settings_class,
+            sys.argv[1:] if argv is None else argv,
+            prog=f"python -m {label.replace('-', '_')}",
+            description=description,
+        )
+    except settings.SettingsError as exc:
+        sys.exit(f"{label}: {exc}")
     logging.basicConfig(
-        level=log_level.upper(),
+        level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+    async def run() -> None:
+        service = await build(config)
+        await run_until_signal(service, config.listen, config.shutdown_grace, label)
+
     try:
         asyncio.run(run())
-    except SettingsError as exc:
+    except settings.SettingsError as exc:
         log.error("%s", exc)
         sys.exit(2)

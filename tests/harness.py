@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Coroutine, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -89,7 +89,7 @@ def start_stack(
     config_home: Path | None = None,
 ) -> Stack:
     model_settings = model_settings or ModelServiceSettings(config_home=tmp / "model-home")
-    model_server = loop.run(serving.start(build_model_service(model_settings), "127.0.0.1:0"))
+    model_server = loop.run(_start(build_model_service(model_settings)))
     settings = ThreadServiceSettings(
         config_home=config_home or tmp / "home",
         data_dir=tmp / "data",
@@ -98,14 +98,14 @@ def start_stack(
         sqlite_synchronous="NORMAL",
     )
     stack = Stack(loop, settings, model_port=model_server.port, servers=[model_server])
-    thread_server = loop.run(_start_thread_service(settings))
+    thread_server = loop.run(_start(build_thread_service(settings)))
     stack.servers.append(thread_server)
     stack.thread_port = thread_server.port
     return stack
 
 
-async def _start_thread_service(settings: ThreadServiceSettings) -> serving.RunningServer:
-    return await serving.start(await build_thread_service(settings), "127.0.0.1:0")
+async def _start(service: Awaitable[serving.Service]) -> serving.RunningServer:
+    return await serving.start(await service, "127.0.0.1:0")
 
 
 _LISTENING = re.compile(r"listening on [^\s:]+:(\d+)")

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import sys
-
-from spindle import serving, settings
+from spindle import serving
+from spindle.settings import ThreadServiceSettings
 from thread_service.app import build
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        config = settings.load(
-            settings.ThreadServiceSettings,
-            argv,
-            prog="python -m thread_service",
-            description="Spindle thread-service: durable agent threads over gRPC.",
-        )
-    except settings.SettingsError as exc:
-        sys.exit(f"thread-service: {exc}")
-
-    async def run() -> None:
-        await serving.run_until_signal(
-            await build(config), config.listen, config.shutdown_grace, "thread-service"
-        )
-
-    serving.main(run, config.log_level)
+def main() -> None:
+    serving.main(
+        ThreadServiceSettings,
+        build,
+        label="thread-service",
+        description="Spindle thread-service: durable agent threads over gRPC.",
+    )
 
 
 if __name__ == "__main__":
