@@ -98,6 +98,8 @@ CREATE TABLE IF NOT EXISTS items (
     body TEXT NOT NULL,
     PRIMARY KEY (thread_id, seq)
 );
+-- Reading or counting what a fork inherits scans only inheritable items.
+CREATE INDEX IF NOT EXISTS items_inheritable ON items (thread_id, inheritable, seq);
 """
 
 THREAD_COLUMNS = (
