@@ -49,10 +49,6 @@ class FailedPrecondition(SpindleError):
     code = ErrorCode.FAILED_PRECONDITION
 
 
-class Unavailable(SpindleError):
-    code = ErrorCode.UNAVAILABLE
-
-
 class ModelError(SpindleError):
     """A model call failed; `code` says how (set from the provider's answer)."""
 

@@ -97,19 +97,21 @@ def to_json(item: Item) -> dict[str, Any]:
     data: dict[str, Any] = {"type": kind_of(item)}
     for name in item.__slots__:
         value = getattr(item, name)
-        if value is not None and value != "":
-            data[name] = str(value) if isinstance(value, enum.Enum) else value
+        if value is not None:
+            data[name] = value.value if isinstance(value, enum.Enum) else value
     return data
 
 
 def from_json(data: dict[str, Any]) -> Item:
+    """The item `to_json` wrote; a string field it lacks reads as empty."""
     fields = dict(data)
     cls = _TYPES[fields.pop("type")]
     if cls is Message:
         return Message(
             role=Role(fields["role"]),
             text=fields.get("text", ""),
-            phase=Phase(fields["phase"]) if "phase" in fields else None,
+            phase=Phase(fields["phase"]) if fields.get("phase") else None,
         )
-    item: Item = cls(**fields)
+    values = {name: fields.get(name, "") for name in cls.__slots__}
+    item: Item = cls(**values)
     return item

@@ -99,7 +99,10 @@ async def run_until_signal(service: Service, listen: str, grace: float, label: s
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        # A signal the parent ignored stays ignored (POSIX custom): that is
+        # how scripts/serve keeps Ctrl-C to itself and stops the services in order.
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("%s stopping: in-flight calls get %.1f s", label, grace)
     await running.stop(grace)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -151,7 +153,12 @@ def _convert(cls: type[Any], name: str, value: Any, origin: str) -> Any:
                 raise ValueError
             return int(value)
         if kind == "float":
-            return float(value)
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+            if math.isnan(number):
+                raise ValueError
+            return number
         if kind == "str":
             if not isinstance(value, str):
                 raise ValueError
@@ -276,8 +283,30 @@ def _providers(tables: Any, environ: Mapping[str, str], origin: str) -> dict[str
             else value
             for key, value in table.items()
         }
-        result[name] = ProviderSettings(name=name, **values)
+        provider = ProviderSettings(name=name, **values)
+        _check_provider(provider, where)
+        result[name] = provider
     return result
+
+
+def _check_provider(provider: ProviderSettings, where: str) -> None:
+    scheme, sep, rest = provider.base_url.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest:
+        raise SettingsError(f"{where}: base_url must be an http:// or https:// URL")
+    try:
+        json.dumps(dict(provider.extra_body))
+    except (TypeError, ValueError):
+        raise SettingsError(f"{where}: extra_body must hold JSON values only") from None
+    timeouts = ("connect_timeout", "read_timeout", "write_timeout", "pool_timeout")
+    for name in timeouts:
+        if not 0 < getattr(provider, name) < math.inf:
+            raise SettingsError(f"{where}: {name} must be a positive number of seconds")
+    if not 0 <= provider.idle_timeout < math.inf:
+        raise SettingsError(f"{where}: idle_timeout must be 0 (off) or positive")
+    if provider.max_connections < 1 or provider.max_retries < 0:
+        raise SettingsError(f"{where}: max_connections must be >= 1 and max_retries >= 0")
+    if not 0 <= provider.backoff_initial <= provider.backoff_max < math.inf:
+        raise SettingsError(f"{where}: need 0 <= backoff_initial <= backoff_max")
 
 
 _PROVIDER_SCALARS = {
@@ -304,16 +333,27 @@ def _models(table: Any, origin: str) -> dict[str, str]:
     return dict(table)
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def _validate(settings: ThreadServiceSettings | ModelServiceSettings) -> None:
     host, sep, port = settings.listen.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise SettingsError(f"listen must be HOST:PORT, not {settings.listen!r}")
+    if settings.log_level.upper() not in _LOG_LEVELS:
+        raise SettingsError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
+    if not 0 <= settings.shutdown_grace <= 3600:
+        raise SettingsError("shutdown_grace must be within 0..3600 seconds")
     if isinstance(settings, ThreadServiceSettings):
         if settings.max_spawn_depth < 0:
             raise SettingsError("max_spawn_depth must be 0 or more")
         if settings.sqlite_synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise SettingsError("sqlite_synchronous must be FULL, NORMAL or EXTRA")
     else:
+        if settings.cache_max_entries < 1:
+            raise SettingsError("cache_max_entries must be at least 1")
+        if not 0 < settings.cache_ttl <= 86400 * 365:
+            raise SettingsError("cache_ttl must be a positive number of seconds")
         for model, provider in settings.models.items():
             if provider != EMBEDDED_PROVIDER and provider not in settings.providers:
                 raise SettingsError(f"model {model!r} names unknown provider {provider!r}")

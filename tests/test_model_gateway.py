@@ -21,7 +21,14 @@ from spindle.v1 import common_pb2 as c
 from spindle.v1 import model_service_pb2 as mpb
 from spindle.v1 import thread_service_pb2 as tpb
 from tests.harness import LoopThread, Stack, start_stack, wait_until
-from tests.upstream import Reply, UpstreamServer, echo_reply, error_reply, text_reply
+from tests.upstream import (
+    Reply,
+    UpstreamServer,
+    echo_reply,
+    error_reply,
+    responses_event,
+    text_reply,
+)
 
 
 def gateway_settings(
@@ -113,7 +120,7 @@ def test_upstream_failures_map_to_statuses_without_the_key(
         error_reply(429, "slow down sk-test-secret-123", retry_after="0"),
         error_reply(429, "slow down", retry_after="0"),
         error_reply(429, "slow down", retry_after="0"),
-        error_reply(401, "bad key"),
+        error_reply(401, "key sk-test-secret-123 is not valid"),
     )
     with pytest.raises(grpc.RpcError) as info:
         list(gateway.models.Generate(request()))
@@ -123,6 +130,7 @@ def test_upstream_failures_map_to_statuses_without_the_key(
     with pytest.raises(grpc.RpcError) as info:
         list(gateway.models.Generate(request()))
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "key [redacted] is not valid" in info.value.details()
     assert "sk-test-secret" not in info.value.details()
 
 
@@ -207,3 +215,49 @@ def test_azure_style_key_header(tmp_path: Path, upstream: UpstreamServer) -> Non
     (seen,) = upstream.requests
     assert seen.headers["api-key"] == "azure-key-1"
     assert "authorization" not in seen.headers
+
+
+def test_a_cut_short_answer_fails_the_turn_and_stores_none_of_it(
+    gateway: Stack, upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    # As OpenAI streams it: the partial message is "done", then the response
+    # is incomplete.
+    partial = text_reply("responses", ["The answer is"]).events[:-1]
+    incomplete = responses_event(
+        {
+            "type": "response.incomplete",
+            "response": {"incomplete_details": {"reason": "max_output_tokens"}},
+        }
+    )
+    upstream.script(Reply(events=(*partial, incomplete)))
+    stub = gateway.threads
+    root = stub.StartThread(tpb.StartThreadRequest(cwd=str(tmp_path), model="gpt-test")).thread
+    text = c.Item(message=c.Message(role=c.ROLE_USER, text="what is it?"))
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.RunTurn(tpb.RunTurnRequest(thread_id=root.id, input=[text])))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    history = stub.ListThreadItems(tpb.ListThreadItemsRequest(thread_id=root.id)).items
+    assert [i.message.text for i in history] == ["what is it?"]
+
+
+def test_bad_tools_and_sub_agent_kinds_are_refused_before_anything_is_recorded(
+    gateway: Stack, upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    stub = gateway.threads
+    root = stub.StartThread(tpb.StartThreadRequest(cwd=str(tmp_path), model="gpt-test")).thread
+    text = c.Item(message=c.Message(role=c.ROLE_USER, text="use it"))
+    for tool, message in [
+        (c.Tool(name="has space"), "must be 1 to 64 letters"),
+        (c.Tool(name="ok", parameters_json="{not json"), "not JSON"),
+        (c.Tool(name="ok", parameters_json="[1]"), "JSON object"),
+    ]:
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.RunTurn(tpb.RunTurnRequest(thread_id=root.id, input=[text], tools=[tool])))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in info.value.details()
+    assert list(stub.ListTurns(tpb.ListTurnsRequest(thread_id=root.id)).turns) == []
+    with pytest.raises(grpc.RpcError) as info:
+        stub.SpawnThread(tpb.SpawnThreadRequest(parent_id=root.id, sub_agent_kind="bad\nkind é"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "sub_agent_kind" in info.value.details()
+    assert upstream.requests == []

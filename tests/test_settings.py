@@ -111,6 +111,16 @@ wire_api = "chat"
         ('[model_service.providers.x]\nbase_url = "http://a"\nmax_retries = "a few"\n', "integer"),
         ('[model_service.providers.x]\nbase_url = "http://a"\ncolour = "red"\n', "colour"),
         ('[model_service]\ndefault_provider = "ghost"\n', "unknown provider 'ghost'"),
+        ("[model_service]\ncache_max_entries = -5\n", "cache_max_entries must be at least 1"),
+        ('[model_service]\nlog_level = "verbose"\n', "log_level must be one of"),
+        ("[model_service]\nshutdown_grace = nan\n", "shutdown_grace must be a number"),
+        ('[model_service.providers.x]\nbase_url = "ftp://a"\n', "http:// or https://"),
+        (
+            '[model_service.providers.x]\nbase_url = "http://a"\n'
+            "extra_body = { when = 2026-01-01T00:00:00Z }\n",
+            "JSON values only",
+        ),
+        ('[model_service.providers.x]\nbase_url = "http://a"\nread_timeout = 0\n', "positive"),
     ],
 )
 def test_bad_model_settings_are_refused(tmp_path: Path, text: str, message: str) -> None:

@@ -3,8 +3,10 @@ real model-service behind it: results, and each error's status and message."""
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -16,6 +18,7 @@ from spindle.v1 import common_pb2 as c
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
 from tests.harness import Stack, wait_until
+from thread_service.servicer import WARNING_METADATA_KEY, WARNING_METADATA_MAX_BYTES
 
 MISSING = "00000000-0000-4000-8000-000000000000"
 
@@ -471,3 +474,102 @@ def test_a_turn_past_its_deadline_is_interrupted_and_recorded(stack: Stack, tmp_
         return bool(turns and turns[0].status == pb.TURN_STATUS_INTERRUPTED)
 
     wait_until(recorded)
+
+
+def test_an_empty_function_output_is_kept_and_the_thread_goes_on(
+    stack: Stack, tmp_path: Path
+) -> None:
+    stub = stack.threads
+    root = start(stub, tmp_path)
+    events = turn(stub, root.id, user("/call ls"), tools=[c.Tool(name="ls")])
+    (call,) = events[-1].turn_completed.pending_function_calls
+    empty = c.Item(function_call_output=c.FunctionCallOutput(call_id=call.call_id, output=""))
+    turn(stub, root.id, empty)
+    assert turn(stub, root.id, user("next"))[-1].turn_completed.status == pb.TURN_STATUS_COMPLETED
+    items = stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=root.id)).items
+    assert items[2].function_call_output == c.FunctionCallOutput(call_id=call.call_id, output="")
+
+
+@pytest.mark.parametrize("value", ["1e400", str(2**70), "-1", '"0"', "true", "[[[[[[0]]]]]]"])
+def test_crafted_page_tokens_are_invalid_arguments(
+    stack: Stack, tmp_path: Path, value: str
+) -> None:
+    stub = stack.threads
+    root = start(stub, tmp_path)
+
+    def token(raw: str) -> str:
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    items = f'"l":"items:{root.id}"'
+    requests = [
+        (
+            stub.ListThreadItems,
+            pb.ListThreadItemsRequest(
+                thread_id=root.id, page_token=token(f'{{{items},"s":{value},"q":0}}')
+            ),
+        ),
+        (
+            stub.ListThreadItems,
+            pb.ListThreadItemsRequest(
+                thread_id=root.id, page_token=token(f'{{{items},"s":0,"q":{value}}}')
+            ),
+        ),
+        (
+            stub.ListTurns,
+            pb.ListTurnsRequest(
+                thread_id=root.id, page_token=token(f'{{"l":"turns:{root.id}","o":{value}}}')
+            ),
+        ),
+        (
+            stub.ListThreads,
+            pb.ListThreadsRequest(page_token=token(f'{{"l":"threads::0","c":{value},"i":"x"}}')),
+        ),
+        (stub.ListThreads, pb.ListThreadsRequest(page_token=token("[" * 5000 + "]" * 5000))),
+    ]
+    for call, request in requests:
+        with pytest.raises(grpc.RpcError) as info:
+            call(request)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+        assert "page_token" in info.value.details()
+
+
+def test_every_failure_code_can_be_listed_back(stack: Stack, tmp_path: Path) -> None:
+    stub = stack.threads
+    root = start(stub, tmp_path)
+    with pytest.raises(grpc.RpcError) as info:
+        turn(stub, root.id, user("/fail ALREADY_EXISTS duplicate"))
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    (failed,) = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
+    assert failed.error.code == c.ERROR_CODE_ALREADY_EXISTS
+
+
+def test_a_double_interrupt_still_ends_the_stream(stack: Stack, tmp_path: Path) -> None:
+    stub = stack.threads
+    root = start(stub, tmp_path)
+    for _ in range(5):
+        stream = stub.RunTurn(
+            pb.RunTurnRequest(thread_id=root.id, input=[user("/slow 30 a b c d")]), timeout=10
+        )
+        next(stream)
+        with ThreadPoolExecutor(2) as pool:
+            interrupts = [
+                pool.submit(stub.InterruptTurn, pb.InterruptTurnRequest(thread_id=root.id))
+                for _ in range(2)
+            ]
+        assert {i.result().turn_id for i in interrupts} - {""}
+        rest = list(stream)
+        assert rest[-1].turn_completed.status == pb.TURN_STATUS_INTERRUPTED
+
+
+def test_warning_metadata_stays_small_for_any_path(stack: Stack, tmp_path: Path) -> None:
+    home = stack.thread_settings.config_home
+    home.mkdir()
+    (home / "config.toml").write_text("")
+    (home / "config.toml").chmod(0o444)
+    folder = tmp_path.joinpath(*["\x01\x02\x03" * 60] * 4)
+    folder.mkdir(parents=True)
+    response, call = stack.threads.StartThread.with_call(pb.StartThreadRequest(cwd=str(folder)))
+    (value,) = [v for k, v in call.initial_metadata() if k == WARNING_METADATA_KEY]
+    assert len(value) <= WARNING_METADATA_MAX_BYTES
+    assert value.decode("utf-8").endswith("…")
+    assert response.warnings[0].startswith(value.decode("utf-8")[:-1])

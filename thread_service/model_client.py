@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from spindle import convert
+from spindle.errors import ErrorCode, ModelError, SpindleError
 from spindle.grpc_errors import model_error_from_rpc
 from spindle.model import ModelEvent, ModelRequest
 from spindle.serving import CHANNEL_OPTIONS
@@ -23,7 +24,15 @@ class ModelServiceClient:
         call = self._stub.Generate(convert.request_to_pb(request))
         try:
             async for message in call:
-                yield convert.event_from_pb(message)
+                try:
+                    event = convert.event_from_pb(message)
+                except SpindleError as exc:
+                    # Not the caller's fault: the model answered something unusable.
+                    raise ModelError(
+                        f"the model-service sent a malformed event: {exc.message}",
+                        code=ErrorCode.UNAVAILABLE,
+                    ) from None
+                yield event
         except grpc.aio.AioRpcError as exc:
             raise model_error_from_rpc(exc, f"the model-service at {self.target}") from None
         finally:

@@ -15,6 +15,8 @@ from spindle.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+MAX_TOKEN_LENGTH = 1024
+MAX_POSITION = 2**62
 
 
 def page_size(requested: int) -> int:
@@ -33,11 +35,37 @@ def decode(listing: str, token: str) -> dict[str, Any] | None:
     """The position a token names, or None for an empty token (the first page)."""
     if not token:
         return None
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidArgument("page_token is malformed")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         raise InvalidArgument("page_token is malformed") from None
     if not isinstance(data, dict) or data.pop("l", None) != listing:
         raise InvalidArgument("page_token does not belong to this listing")
     return data
+
+
+def position_int(position: dict[str, Any], key: str) -> int:
+    """A whole number a token holds, within what any store can take."""
+    value = position.get(key)
+    if type(value) is not int or not 0 <= value < MAX_POSITION:
+        raise InvalidArgument("page_token is malformed")
+    return value
+
+
+def position_float(position: dict[str, Any], key: str) -> float:
+    value = position.get(key)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise InvalidArgument("page_token is malformed")
+    if not 0 <= value < MAX_POSITION:
+        raise InvalidArgument("page_token is malformed")
+    return float(value)
+
+
+def position_str(position: dict[str, Any], key: str) -> str:
+    value = position.get(key)
+    if not isinstance(value, str):
+        raise InvalidArgument("page_token is malformed")
+    return value

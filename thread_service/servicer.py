@@ -26,6 +26,18 @@ from thread_service.turns import TurnCompleted, Turns, TurnStarted
 # Binary metadata (`-bin`): gRPC libraries of every language base64-decode
 # it for the caller, so the value is the warning's UTF-8 text, any path in it.
 WARNING_METADATA_KEY = "spindle-warning-bin"
+# Clients refuse headers past 8 KiB by default; the whole text is in the
+# response's `warnings` anyway.
+WARNING_METADATA_MAX_BYTES = 2048
+
+
+def _metadata_value(warning: str) -> bytes:
+    data = warning.encode("utf-8")
+    if len(data) <= WARNING_METADATA_MAX_BYTES:
+        return data
+    cut = data[: WARNING_METADATA_MAX_BYTES - 3].decode("utf-8", "ignore")
+    return (cut + "…").encode("utf-8")
+
 
 _ORIGINS = {
     Origin.START: pb.THREAD_ORIGIN_START,
@@ -99,10 +111,7 @@ def turn_to_pb(turn: TurnRecord) -> pb.Turn:
         complete_time=_timestamp(turn.completed_at),
     )
     if turn.error is not None:
-        code = common_pb2.ErrorCode.Value(f"ERROR_CODE_{turn.error.code.value}")
-        message.error.CopyFrom(
-            common_pb2.Error(code=code, message=turn.error.message)  # type: ignore[arg-type]
-        )
+        message.error.CopyFrom(convert.error_to_pb(turn.error.code, turn.error.message))
     return message
 
 
@@ -124,7 +133,7 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
         )
         if result.warnings:
             await context.send_initial_metadata(
-                [(WARNING_METADATA_KEY, w.encode("utf-8")) for w in result.warnings]
+                [(WARNING_METADATA_KEY, _metadata_value(w)) for w in result.warnings]
             )
         return pb.StartThreadResponse(
             thread=thread_to_pb(result.thread), warnings=list(result.warnings)

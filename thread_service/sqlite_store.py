@@ -1,8 +1,11 @@
 """The embedded SQLite store (WAL), the thread-service's default.
 
 One connection, used from one worker thread, serializes all access inside a
-process; WAL and `BEGIN IMMEDIATE` keep several processes on one file safe.
-The SQL is plain standard SQL so that the PostgreSQL backend can share it.
+process. One thread-service process owns a data directory: at start it marks
+turns left running as interrupted.
+The schema and queries keep to standard SQL where SQLite allows, so that a
+PostgreSQL backend can follow them; the PRAGMAs, `BEGIN IMMEDIATE` and
+`LIMIT -1` are SQLite's own.
 
 A fork does not copy its parent's items: `segments` rows point at runs of
 ancestors' items, filtered by the `inheritable` flag set when an item is

@@ -1,7 +1,7 @@
 """The storage interface of the thread-service.
 
-SQLite (`thread_service.sqlite_store`) is the embedded default; a PostgreSQL
-backend implements the same protocol for many replicas. Every method that
+SQLite (`thread_service.sqlite_store`) is the embedded default; the
+PostgreSQL backend for many replicas is to implement the same protocol. Every method that
 writes is one transaction, so a crash leaves either all of a step or none.
 """
 

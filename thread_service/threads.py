@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -23,9 +25,10 @@ from thread_service.trust import ProjectTrust
 # What a sub-agent is when its creator names no kind; model requests of
 # sub-agents always say which kind of sub-agent is calling.
 DEFAULT_SUB_AGENT_KIND = "thread_spawn"
+_SUB_AGENT_KIND = re.compile(r"[!-~]{1,64}")
 
 
-class ForkMode:
+class ForkMode(enum.StrEnum):
     FULL_HISTORY = "full_history"
     LAST_N_TURNS = "last_n_turns"
 
@@ -33,7 +36,7 @@ class ForkMode:
 @dataclass(frozen=True, slots=True)
 class ForkOptions:
     parent_spawn_call_id: str
-    mode: str = ForkMode.FULL_HISTORY
+    mode: ForkMode = ForkMode.FULL_HISTORY
     last_n_turns: int = 0
 
 
@@ -119,6 +122,11 @@ class Threads:
         """Create a sub-agent thread: fresh (own key, empty history) or a fork
         (the parent's effective key, the parent's history sanitized)."""
         parent_id = parse_thread_id(parent_id, "parent_id")
+        if sub_agent_kind and not _SUB_AGENT_KIND.fullmatch(sub_agent_kind):
+            raise InvalidArgument(
+                "sub_agent_kind must be 1 to 64 printable ASCII characters without spaces "
+                "(it travels as an HTTP header)"
+            )
         if fork is not None:
             if not fork.parent_spawn_call_id:
                 raise FailedPrecondition(
@@ -224,10 +232,10 @@ class Threads:
         position = pagination.decode(listing, page_token)
         after = None
         if position is not None:
-            try:
-                after = (float(position["c"]), str(position["i"]))
-            except (KeyError, TypeError, ValueError):
-                raise InvalidArgument("page_token is malformed") from None
+            after = (
+                pagination.position_float(position, "c"),
+                pagination.position_str(position, "i"),
+            )
         threads = await self.store.list_threads(
             parent_id=parent, include_archived=include_archived, after=after, limit=size + 1
         )
@@ -247,12 +255,9 @@ class Threads:
         position = pagination.decode(listing, page_token)
         cursor = None
         if position is not None:
-            try:
-                cursor = HistoryCursor(int(position["s"]), int(position["q"]))
-            except (KeyError, TypeError, ValueError):
-                raise InvalidArgument("page_token is malformed") from None
-            if cursor.segment < 0 or cursor.seq < 0:
-                raise InvalidArgument("page_token is malformed")
+            cursor = HistoryCursor(
+                pagination.position_int(position, "s"), pagination.position_int(position, "q")
+            )
         found, rest = await self.store.read_history(thread.id, cursor, size)
         token = pagination.encode(listing, {"s": rest.segment, "q": rest.seq}) if rest else ""
         return found, token

@@ -9,11 +9,15 @@ records that end and appends the completed output before it finishes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from spindle import items
 from spindle.errors import ErrorCode, FailedPrecondition, InvalidArgument, SpindleError
@@ -32,6 +36,8 @@ from thread_service.store import Store
 from thread_service.threads import Threads
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +83,7 @@ class Turns:
             raise FailedPrecondition(f"a turn is already running on thread {thread.id}")
         history, _ = await self.store.read_history(thread.id, None, None)
         _check_input(input_items, history, tools)
-        # Claimed before the first await that could let a second call in.
+        # Checked again, now that no await stands between here and the claim.
         if thread.id in self._running:
             raise FailedPrecondition(f"a turn is already running on thread {thread.id}")
         queue: asyncio.Queue[object] = asyncio.Queue()
@@ -88,7 +94,7 @@ class Turns:
         self._running[thread.id] = _Running(turn, task)
         if self._shutdown_reason:
             self._running[thread.id].interrupted_by = self._shutdown_reason
-        task.add_done_callback(lambda _: self._running.pop(thread.id, None))
+        task.add_done_callback(lambda _: self._forget(thread.id, task))
         try:
             while True:
                 event = await queue.get()
@@ -110,22 +116,41 @@ class Turns:
         tools: Sequence[Tool],
         queue: asyncio.Queue[object],
     ) -> None:
+        """Play the turn; whatever happens, the stream gets its last event and ends."""
+        try:
+            queue.put_nowait(await self._play(thread, turn, prompt, input_items, tools, queue))
+        except SpindleError as exc:
+            queue.put_nowait(exc)
+        except Exception as exc:  # the store failed: say so, and free the thread
+            log.exception("turn %s on thread %s could not be recorded", turn.id, thread.id)
+            with contextlib.suppress(Exception):
+                error = TurnError(ErrorCode.INTERNAL, f"not recorded: {type(exc).__name__}")
+                await _to_the_end(
+                    self.store.finish_turn(turn.id, TurnStatus.FAILED, Usage(), error, [])
+                )
+            queue.put_nowait(SpindleError("internal error; the server log has details"))
+        finally:
+            queue.put_nowait(_END)
+
+    async def _play(
+        self,
+        thread: ThreadRecord,
+        turn: TurnRecord,
+        prompt: list[items.Item],
+        input_items: Sequence[items.Item],
+        tools: Sequence[Tool],
+        queue: asyncio.Queue[object],
+    ) -> TurnCompleted | SpindleError:
+        """Append the input, call the model, record the end. Store writes run to
+        the end even when the turn is interrupted meanwhile: a turn is recorded
+        whole, never half."""
+        _, interrupted = await _to_the_end(self.store.begin_turn(turn, input_items))
         outputs: list[items.Item] = []
         usage = Usage()
         status, error, failure = TurnStatus.COMPLETED, None, None
-        # The input is appended even if an interruption arrives meanwhile:
-        # a turn is recorded whole, never half.
-        begin = asyncio.ensure_future(self.store.begin_turn(turn, input_items))
-        try:
-            await asyncio.shield(begin)
-        except asyncio.CancelledError:
-            await begin
+        if interrupted:
             status = TurnStatus.INTERRUPTED
-        except SpindleError as exc:
-            queue.put_nowait(exc)
-            queue.put_nowait(_END)
-            return
-        if status is TurnStatus.COMPLETED:
+        else:
             queue.put_nowait(TurnStarted(turn.id))
             try:
                 request = ModelRequest(
@@ -146,6 +171,7 @@ class Turns:
                         outputs.append(event.item)
                     queue.put_nowait(event)
             except asyncio.CancelledError:
+                _uncancel()
                 status = TurnStatus.INTERRUPTED
             except SpindleError as exc:
                 status, error, failure = TurnStatus.FAILED, TurnError(exc.code, exc.message), exc
@@ -158,13 +184,20 @@ class Turns:
             running = self._running.get(thread.id)
             reason = running.interrupted_by if running else "interrupted"
             error = TurnError(ErrorCode.CANCELLED, reason)
-        await self.store.finish_turn(turn.id, status, usage, error, outputs)
+        if status is not TurnStatus.COMPLETED:
+            # A turn that did not complete keeps its input and none of the
+            # model's output: no half answer, no call that nobody will answer.
+            outputs = []
+        await _to_the_end(self.store.finish_turn(turn.id, status, usage, error, outputs))
         if failure is not None:
-            queue.put_nowait(failure)
-        else:
-            calls = tuple(i for i in outputs if isinstance(i, items.FunctionCall))
-            queue.put_nowait(TurnCompleted(turn.id, status, usage, calls))
-        queue.put_nowait(_END)
+            return failure
+        calls = tuple(i for i in outputs if isinstance(i, items.FunctionCall))
+        return TurnCompleted(turn.id, status, usage, calls)
+
+    def _forget(self, thread_id: str, task: asyncio.Task[None]) -> None:
+        running = self._running.get(thread_id)
+        if running is not None and running.task is task:
+            del self._running[thread_id]
 
     async def interrupt(self, thread_id: str, reason: str = "interrupted by InterruptTurn") -> str:
         """Interrupt the turn running on a thread here; '' when none is."""
@@ -172,8 +205,9 @@ class Turns:
         running = self._running.get(thread.id)
         if running is None:
             return ""
-        running.interrupted_by = reason
-        running.task.cancel()
+        if not running.task.cancelling():
+            running.interrupted_by = reason
+            running.task.cancel()
         return running.turn.id
 
     async def list_turns(
@@ -183,9 +217,7 @@ class Turns:
         listing = f"turns:{thread.id}"
         size = pagination.page_size(page_size)
         position = pagination.decode(listing, page_token) or {"o": 0}
-        offset = position.get("o")
-        if not isinstance(offset, int) or offset < 0:
-            raise InvalidArgument("page_token is malformed")
+        offset = pagination.position_int(position, "o")
         turns = await self.store.list_turns(thread.id, offset, size + 1)
         if len(turns) <= size:
             return turns, ""
@@ -208,6 +240,48 @@ class Turns:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _to_the_end(awaitable: Awaitable[T]) -> tuple[T, bool]:
+    """Await to the end even if the task is cancelled meanwhile (any number of
+    times); also say whether it was."""
+    future = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while True:
+        try:
+            return await asyncio.shield(future), cancelled
+        except asyncio.CancelledError:
+            if future.cancelled():
+                raise
+            _uncancel()
+            cancelled = True
+
+
+def _uncancel() -> None:
+    """Take back a cancellation that was handled, so later awaits run normally."""
+    task = asyncio.current_task()
+    if task is not None:
+        while task.cancelling():
+            task.uncancel()
+
+
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _check_tool(tool: Tool) -> None:
+    """What every provider accepts: checked before the turn is recorded, so a
+    bad declaration is the caller's error, not a failed turn."""
+    if not _TOOL_NAME.fullmatch(tool.name):
+        raise InvalidArgument(
+            f"tools: name {tool.name!r} must be 1 to 64 letters, digits, '_' or '-'"
+        )
+    if tool.parameters_json:
+        try:
+            schema = json.loads(tool.parameters_json)
+        except ValueError:
+            raise InvalidArgument(f"tools: {tool.name}: parameters_json is not JSON") from None
+        if not isinstance(schema, dict):
+            raise InvalidArgument(f"tools: {tool.name}: parameters_json must be a JSON object")
+
+
 _INPUT_ROLES = (items.Role.USER, items.Role.DEVELOPER, items.Role.SYSTEM)
 
 
@@ -220,6 +294,8 @@ def _check_input(
     names = [t.name for t in tools]
     if len(set(names)) != len(names):
         raise InvalidArgument("tools: names must be unique")
+    for tool in tools:
+        _check_tool(tool)
     open_calls = {i.call_id for i in history if isinstance(i, items.FunctionCall)}
     open_calls -= {i.call_id for i in history if isinstance(i, items.FunctionCallOutput)}
     for index, item in enumerate(input_items):

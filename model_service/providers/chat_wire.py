@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from model_service.providers.responses_wire import (
+from model_service.providers.sse import SseEvent
+from model_service.providers.wire_common import (
     JsonObject,
     agent_message_text,
     as_int,
@@ -37,7 +38,6 @@ from model_service.providers.responses_wire import (
     parse_event_data,
     tool_parameters,
 )
-from model_service.providers.sse import SseEvent
 from spindle.errors import ErrorCode, ModelError
 from spindle.items import (
     AgentMessage,

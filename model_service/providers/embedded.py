@@ -59,11 +59,16 @@ class EmbeddedProvider:
         return None
 
 
+def _request_digest(request: ModelRequest) -> str:
+    """Stable per thread and history length, so replies are deterministic."""
+    key = f"{request.thread_id}\x00{len(request.input)}".encode()
+    return hashlib.blake2b(key, digest_size=8).hexdigest()
+
+
 def _completed(request: ModelRequest, prompt: int, cached: int, output: int) -> Completed:
-    digest = hashlib.blake2b(
-        f"{request.thread_id}\x00{len(request.input)}".encode(), digest_size=8
-    ).hexdigest()
-    return Completed(Usage(prompt, cached, output), response_id=f"resp_embedded_{digest}")
+    return Completed(
+        Usage(prompt, cached, output), response_id=f"resp_embedded_{_request_digest(request)}"
+    )
 
 
 def _function_call(request: ModelRequest, last: items.Item | None) -> items.FunctionCall | None:
@@ -72,10 +77,7 @@ def _function_call(request: ModelRequest, last: items.Item | None) -> items.Func
     name, _, arguments = last.text[len("/call ") :].strip().partition(" ")
     if name not in {tool.name for tool in request.tools}:
         return None
-    digest = hashlib.blake2b(
-        f"{request.thread_id}\x00{len(request.input)}".encode(), digest_size=8
-    ).hexdigest()
-    return items.FunctionCall(f"call_{digest}", name, arguments.strip() or "{}")
+    return items.FunctionCall(f"call_{_request_digest(request)}", name, arguments.strip() or "{}")
 
 
 def _reply(last: items.Item | None) -> tuple[str, float]:

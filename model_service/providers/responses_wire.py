@@ -1,9 +1,7 @@
 """The OpenAI Responses wire (`POST {base_url}/responses`, streamed).
 
 Spindle's items are shaped after this API, so the mapping is nearly one to
-one. The few helpers both wires need (tool schemas, the text of a message
-between agents, provider error codes) live here as well, and `chat_wire`
-imports them, so that both wires say the same thing the same way.
+one. What both wires share lives in `wire_common`.
 
 Request choices (README material):
 - `instructions` is sent as `instructions`; messages become `message` items
@@ -30,11 +28,20 @@ provider's message and a code derived from the provider's error code.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import Any
 
 from model_service.providers.sse import SseEvent
+from model_service.providers.wire_common import (
+    JsonObject,
+    agent_message_text,
+    as_int,
+    as_object,
+    as_str,
+    error_code_for,
+    incomplete_error,
+    parse_event_data,
+    tool_parameters,
+)
 from spindle.errors import ErrorCode, ModelError
 from spindle.items import (
     AgentMessage,
@@ -48,95 +55,7 @@ from spindle.items import (
 )
 from spindle.model import Completed, ItemDone, ModelEvent, ModelRequest, TextDelta, Tool, Usage
 
-JsonObject = dict[str, Any]
-
-EMPTY_PARAMETERS: JsonObject = {"type": "object", "properties": {}}
-
-# Provider error codes (`error.code`) whose meaning is clear; other codes that
-# name bad input map to INVALID_ARGUMENT, the rest to UNAVAILABLE.
-_PROVIDER_CODES = {
-    "rate_limit_exceeded": ErrorCode.RESOURCE_EXHAUSTED,
-    "insufficient_quota": ErrorCode.RESOURCE_EXHAUSTED,
-    "server_error": ErrorCode.UNAVAILABLE,
-    "vector_store_timeout": ErrorCode.UNAVAILABLE,
-    "context_length_exceeded": ErrorCode.INVALID_ARGUMENT,
-    "invalid_api_key": ErrorCode.UNAUTHENTICATED,
-    "model_not_found": ErrorCode.NOT_FOUND,
-}
-_BAD_INPUT_WORDS = ("invalid", "image", "unsupported", "too_large", "too_small")
-_TOKEN_LIMIT_REASONS = ("max_output_tokens", "length")
 _PHASES = {phase.value: phase for phase in Phase}
-
-
-def tool_parameters(tool: Tool) -> JsonObject:
-    """The JSON schema of a tool's parameters; an empty one means "no parameters"."""
-    if not tool.name:
-        raise ModelError("a tool has no name", code=ErrorCode.INVALID_ARGUMENT)
-    if not tool.parameters_json.strip():
-        return dict(EMPTY_PARAMETERS)
-    try:
-        schema = json.loads(tool.parameters_json)
-    except ValueError as exc:
-        raise ModelError(
-            f"tool {tool.name!r}: parameters_json is not valid JSON: {exc}",
-            code=ErrorCode.INVALID_ARGUMENT,
-        ) from None
-    if not isinstance(schema, dict):
-        raise ModelError(
-            f"tool {tool.name!r}: parameters_json must be a JSON object",
-            code=ErrorCode.INVALID_ARGUMENT,
-        )
-    return schema
-
-
-def agent_message_text(item: AgentMessage) -> str:
-    """How a message from another agent thread reads to the model (both wires)."""
-    return f"[message from agent thread {item.sender_thread_id}]\n{item.text}"
-
-
-def error_code_for(provider_code: object) -> ErrorCode:
-    """The status for a provider's error code (`rate_limit_exceeded`, ...)."""
-    name = str(provider_code or "").lower()
-    if name in _PROVIDER_CODES:
-        return _PROVIDER_CODES[name]
-    if any(word in name for word in _BAD_INPUT_WORDS):
-        return ErrorCode.INVALID_ARGUMENT
-    return ErrorCode.UNAVAILABLE
-
-
-def incomplete_error(reason: str) -> ModelError:
-    """The error for an answer the provider stopped early (see the module docstring)."""
-    reason = reason or "unknown reason"
-    if reason in _TOKEN_LIMIT_REASONS:
-        return ModelError(
-            f"response incomplete: output token limit reached ({reason})",
-            code=ErrorCode.RESOURCE_EXHAUSTED,
-        )
-    return ModelError(f"response incomplete: {reason}", code=ErrorCode.FAILED_PRECONDITION)
-
-
-def parse_event_data(data: str) -> JsonObject:
-    """The JSON object an event carries; anything else is a broken stream."""
-    try:
-        value = json.loads(data)
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):
-        raise ModelError(f"malformed stream event: {data[:200]!r}", code=ErrorCode.UNAVAILABLE)
-    return value
-
-
-def as_object(value: object) -> JsonObject:
-    """`value` if it is a JSON object, else an empty one (missing or null fields)."""
-    return value if isinstance(value, dict) else {}
-
-
-def as_int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def as_str(value: object) -> str:
-    return value if isinstance(value, str) else ""
 
 
 def encode_request(request: ModelRequest) -> JsonObject:
@@ -216,7 +135,10 @@ class ResponsesDecoder:
             key = as_str(data.get("item_id")) or str(data.get("output_index"))
             self._arguments.setdefault(key, []).append(as_str(data.get("delta")))
         elif kind == "response.output_item.done":
-            item = self._item(as_object(data.get("item")), data.get("output_index"))
+            raw = as_object(data.get("item"))
+            if raw.get("status") == "incomplete":
+                return []  # cut short: `response.incomplete` follows and fails the call
+            item = self._item(raw, data.get("output_index"))
             return [ItemDone(item)] if item is not None else []
         elif kind == "response.completed":
             return [self._completed(as_object(data.get("response")))]

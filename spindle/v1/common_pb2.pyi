@@ -33,6 +33,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_UNAUTHENTICATED: _ClassVar[ErrorCode]
     ERROR_CODE_CANCELLED: _ClassVar[ErrorCode]
     ERROR_CODE_INTERNAL: _ClassVar[ErrorCode]
+    ERROR_CODE_ALREADY_EXISTS: _ClassVar[ErrorCode]
 ROLE_UNSPECIFIED: Role
 ROLE_SYSTEM: Role
 ROLE_DEVELOPER: Role
@@ -52,6 +53,7 @@ ERROR_CODE_PERMISSION_DENIED: ErrorCode
 ERROR_CODE_UNAUTHENTICATED: ErrorCode
 ERROR_CODE_CANCELLED: ErrorCode
 ERROR_CODE_INTERNAL: ErrorCode
+ERROR_CODE_ALREADY_EXISTS: ErrorCode
 
 class Message(_message.Message):
     __slots__ = ("role", "text", "phase")
