@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Protocol
 
 from model_service.prompt_cache import PromptCache
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 class Provider(Protocol):
-    def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]: ...
+    def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]: ...
 
     async def aclose(self) -> None: ...
 
@@ -45,7 +45,7 @@ class Router:
     def provider_name(self, model: str) -> str:
         return self.models.get(model, self.default)
 
-    def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+    def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
         return self.providers[self.provider_name(request.model)].stream(request)
 
     async def aclose(self) -> None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import grpc
 
 from model_service.router import Router
 from spindle import convert
-from spindle.errors import ErrorCode, ModelError
+from spindle.errors import ErrorCode, ModelError, SpindleError
 from spindle.grpc_errors import rpc
-from spindle.model import Completed
+from spindle.model import Completed, Usage
 from spindle.v1 import model_service_pb2 as pb
 from spindle.v1 import model_service_pb2_grpc as pb_grpc
 
@@ -29,35 +30,43 @@ class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]
     ) -> AsyncIterator[pb.GenerateResponse]:
         model_request = convert.request_from_pb(request)
         provider = self.router.provider_name(model_request.model)
-        # One line per request: operators (and the end-to-end tests) read
-        # here which prompt_cache_key each thread's calls carried.
-        log.info(
-            "generate thread_id=%s window_id=%s prompt_cache_key=%s sub_agent_kind=%s "
-            "model=%s provider=%s input_items=%d",
-            model_request.thread_id,
-            model_request.window_id,
-            model_request.prompt_cache_key,
-            model_request.sub_agent_kind or "-",
-            model_request.model,
-            provider,
-            len(model_request.input),
-        )
-        remaining = context.time_remaining()
+        usage, outcome = Usage(), "CANCELLED"
         try:
-            async with asyncio.timeout(remaining):
-                async for event in self.router.stream(model_request):
+            async with (
+                asyncio.timeout(context.time_remaining()),
+                aclosing(self.router.stream(model_request)) as events,
+            ):
+                async for event in events:
                     if isinstance(event, Completed):
-                        log.info(
-                            "completed thread_id=%s input_tokens=%d cached_tokens=%d "
-                            "output_tokens=%d",
-                            model_request.thread_id,
-                            event.usage.input_tokens,
-                            event.usage.cached_input_tokens,
-                            event.usage.output_tokens,
-                        )
+                        usage = event.usage
                     yield convert.event_to_pb(event)
+            outcome = "OK"
         except TimeoutError:
+            outcome = "DEADLINE_EXCEEDED"
             raise ModelError(
                 "the call's deadline passed before the model finished",
                 code=ErrorCode.DEADLINE_EXCEEDED,
             ) from None
+        except SpindleError as exc:
+            outcome = exc.code.value
+            raise
+        finally:
+            # One line per request, written when it ends: operators (and the
+            # end-to-end tests) read here which prompt_cache_key each thread's
+            # calls carried and what the cache gave them.
+            log.info(
+                "generate thread_id=%s window_id=%s prompt_cache_key=%s sub_agent_kind=%s "
+                "model=%s provider=%s input_items=%d status=%s input_tokens=%d "
+                "cached_tokens=%d output_tokens=%d",
+                model_request.thread_id,
+                model_request.window_id,
+                model_request.prompt_cache_key,
+                model_request.sub_agent_kind or "-",
+                model_request.model,
+                provider,
+                len(model_request.input),
+                outcome,
+                usage.input_tokens,
+                usage.cached_input_tokens,
+                usage.output_tokens,
+            )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from model_service.prompt_cache import PromptCache
 from model_service.tokenizer import render_prompt, tokenize
@@ -34,7 +34,7 @@ class EmbeddedProvider:
     def __init__(self, cache: PromptCache | None = None) -> None:
         self.cache = cache if cache is not None else PromptCache()
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
         prompt_tokens = tokenize(render_prompt(request.instructions, request.input))
         last = request.input[-1] if request.input else None
         call = _function_call(request, last)
