@@ -39,6 +39,7 @@ from typing import IO, Any
 import grpc
 import httpx
 
+from bench.machine import cpu_model, cpu_seconds, load_text
 from model_service.providers import responses_wire
 from spindle import convert
 from spindle.items import Message, Phase, Role
@@ -427,16 +428,6 @@ def running_stack(tmp: Path, setup: Setup) -> Iterator[Stack]:
 # -- CPU ---------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of a process so far, from /proc; None where there is none."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass(frozen=True)
 class CpuMeter:
     """Per-process CPU: on a few cores, latency is mostly who burns the CPU."""
@@ -804,21 +795,6 @@ def as_json(header: Sequence[str], modes: Sequence[Mode], counts: Counts) -> dic
         "target_p50_ms": TARGET_P50_MS,
         "target_met": seq.p50_delta() * 1e3 <= TARGET_P50_MS,
     }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def load_text() -> str:
-    """The 1-minute load average: other work on the machine shows in every figure."""
-    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a"
 
 
 def header(setup: Setup, load_before: str, shape: Shape) -> list[str]:

@@ -33,6 +33,7 @@ from typing import Any
 
 import grpc
 
+from bench.machine import cpu_model, cpu_seconds, load_text
 from spindle.items import Message, Phase, Role
 from spindle.model import Usage
 from spindle.serving import CHANNEL_OPTIONS, SERVER_OPTIONS
@@ -148,16 +149,6 @@ async def run_concurrent(name: str, clients: Sequence[Sequence[Call]], note: str
     start = time.perf_counter()
     await asyncio.gather(*(client(calls) for calls in clients))
     return Series(name, latencies, time.perf_counter() - start, note)
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of a process so far, from /proc; None where there is none."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -600,21 +591,6 @@ def as_json(report: Report, counts: Counts) -> dict[str, Any]:
         "fork_ratio_target": FORK_RATIO_TARGET,
         "fork_ratio_target_met": fork <= FORK_RATIO_TARGET,
     }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def load_text() -> str:
-    """The 1-minute load average: other work on 2 cores shows up in every figure."""
-    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a"
 
 
 def header(command: str, synchronous: str, load_before: str) -> list[str]:
