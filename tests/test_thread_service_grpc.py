@@ -474,6 +474,8 @@ def test_a_turn_past_its_deadline_is_interrupted_and_recorded(stack: Stack, tmp_
         return bool(turns and turns[0].status == pb.TURN_STATUS_INTERRUPTED)
 
     wait_until(recorded)
+    (record,) = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
+    assert record.error.message == "the call's deadline passed"
 
 
 def test_an_empty_function_output_is_kept_and_the_thread_goes_on(

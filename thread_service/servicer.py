@@ -214,7 +214,10 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
     ) -> AsyncIterator[pb.RunTurnResponse]:
         input_items = [convert.item_from_pb(i) for i in request.input]
         tools = [convert.tool_from_pb(t) for t in request.tools]
-        async for event in self.turns.run(request.thread_id, input_items, tools):
+        turn_events = self.turns.run(
+            request.thread_id, input_items, tools, context.time_remaining()
+        )
+        async for event in turn_events:
             if isinstance(event, TurnStarted):
                 yield pb.RunTurnResponse(turn_started=pb.TurnStarted(turn_id=event.turn_id))
             elif isinstance(event, TextDelta):

@@ -74,8 +74,16 @@ class Turns:
         self._shutdown_reason = ""
 
     async def run(
-        self, thread_id: str, input_items: Sequence[items.Item], tools: Sequence[Tool] = ()
+        self,
+        thread_id: str,
+        input_items: Sequence[items.Item],
+        tools: Sequence[Tool] = (),
+        time_remaining: float | None = None,
     ) -> AsyncIterator[TurnEvent]:
+        """The turn's events. `time_remaining` is the caller's deadline, so that a
+        turn cut by it is recorded as such rather than as a cancelled call."""
+        loop = asyncio.get_running_loop()
+        deadline = None if time_remaining is None else loop.time() + time_remaining
         thread = await self.threads.get(thread_id)
         if thread.archived:
             raise FailedPrecondition(f"thread {thread.id} is archived")
@@ -105,6 +113,10 @@ class Turns:
                 yield event  # type: ignore[misc]
         finally:
             if not task.done():
+                running = self._running.get(thread.id)
+                # gRPC's timer and the loop's clock may differ by a hair.
+                if running and deadline is not None and loop.time() >= deadline - 0.05:
+                    running.interrupted_by = "the call's deadline passed"
                 task.cancel()
 
     async def _drive(
