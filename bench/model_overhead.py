@@ -858,7 +858,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--service-log-level",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="the model-service's log level (default: its own; INFO logs two lines per call)",
+        help="the model-service's log level (default: its own; INFO logs one line per call)",
     )
     # The upstream runs this module in a child process.
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)

@@ -99,9 +99,9 @@ class Turns:
         task = asyncio.create_task(
             self._drive(thread, turn, [*history, *input_items], input_items, tools, queue)
         )
-        self._running[thread.id] = _Running(turn, task)
-        if self._shutdown_reason:
-            self._running[thread.id].interrupted_by = self._shutdown_reason
+        running = _Running(turn, task)
+        running.interrupted_by = self._shutdown_reason or running.interrupted_by
+        self._running[thread.id] = running
         task.add_done_callback(lambda _: self._forget(thread.id, task))
         try:
             while True:
@@ -113,9 +113,8 @@ class Turns:
                 yield event  # type: ignore[misc]
         finally:
             if not task.done():
-                running = self._running.get(thread.id)
                 # gRPC's timer and the loop's clock may differ by a hair.
-                if running and deadline is not None and loop.time() >= deadline - 0.05:
+                if deadline is not None and loop.time() >= deadline - 0.05:
                     running.interrupted_by = "the call's deadline passed"
                 task.cancel()
 

@@ -38,21 +38,19 @@ class EmbeddedProvider:
         prompt_tokens = tokenize(render_prompt(request.instructions, request.input))
         last = request.input[-1] if request.input else None
         call = _function_call(request, last)
-        if call is not None:
-            reply_tokens = tokenize(call.name + call.arguments)
-            cached = self.cache.use(request.prompt_cache_key, prompt_tokens)
-            yield ItemDone(call)
-            yield _completed(request, len(prompt_tokens), cached, len(reply_tokens))
-            return
-        text, seconds = _reply(last)
-        reply_tokens = tokenize(text)
+        # The reply is settled (a /fail raises here) before the prompt is cached.
+        text, seconds = ("", 0.0) if call else _reply(last)
+        reply_tokens = tokenize(call.name + call.arguments if call else text)
         cached = self.cache.use(request.prompt_cache_key, prompt_tokens)
-        pause = seconds / max(len(reply_tokens), 1)
-        for token in reply_tokens:
-            if pause:
-                await asyncio.sleep(pause)
-            yield TextDelta(token)
-        yield ItemDone(items.Message(items.Role.ASSISTANT, text, items.Phase.FINAL_ANSWER))
+        if call is not None:
+            yield ItemDone(call)
+        else:
+            pause = seconds / max(len(reply_tokens), 1)
+            for token in reply_tokens:
+                if pause:
+                    await asyncio.sleep(pause)
+                yield TextDelta(token)
+            yield ItemDone(items.Message(items.Role.ASSISTANT, text, items.Phase.FINAL_ANSWER))
         yield _completed(request, len(prompt_tokens), cached, len(reply_tokens))
 
     async def aclose(self) -> None:
