@@ -37,12 +37,12 @@ from bench.machine import cpu_model, cpu_seconds, load_text
 from spindle.items import Message, Phase, Role
 from spindle.model import Usage
 from spindle.serving import CHANNEL_OPTIONS, SERVER_OPTIONS
-from spindle.settings import ThreadServiceSettings
 from spindle.v1 import common_pb2, model_service_pb2, model_service_pb2_grpc
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
 from tests.harness import ServiceProcess
 from thread_service.records import TurnRecord, TurnStatus
+from thread_service.settings import ThreadServiceSettings
 from thread_service.sqlite_store import SQLiteStore
 from thread_service.threads import Threads
 from thread_service.trust import ProjectTrust

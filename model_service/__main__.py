@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from model_service.app import build
+from model_service.settings import ModelServiceSettings
 from spindle import serving
-from spindle.settings import ModelServiceSettings
 
 
 def main() -> None:

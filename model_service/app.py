@@ -8,8 +8,8 @@ import grpc
 
 from model_service.router import Router
 from model_service.servicer import ModelServicer
+from model_service.settings import ModelServiceSettings
 from spindle.serving import Service
-from spindle.settings import ModelServiceSettings
 from spindle.v1 import model_service_pb2, model_service_pb2_grpc
 
 

@@ -5,25 +5,22 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncGenerator, Mapping
-from typing import Protocol
 
 from model_service.prompt_cache import PromptCache
 from model_service.providers.embedded import EmbeddedProvider
 from model_service.providers.http import HttpProvider
-from spindle.model import ModelEvent, ModelRequest
-from spindle.settings import EMBEDDED_PROVIDER, ModelServiceSettings
+from model_service.settings import EMBEDDED_PROVIDER, ModelServiceSettings
+from spindle.model import ModelEvent, ModelRequest, ModelStreamer
 
 log = logging.getLogger(__name__)
 
 
-class Provider(Protocol):
-    def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]: ...
-
-    async def aclose(self) -> None: ...
-
-
 class Router:
-    def __init__(self, providers: Mapping[str, Provider], models: Mapping[str, str], default: str):
+    """Providers by name, and the model-to-provider map that picks one."""
+
+    def __init__(
+        self, providers: Mapping[str, ModelStreamer], models: Mapping[str, str], default: str
+    ) -> None:
         self.providers = dict(providers)
         self.models = dict(models)
         self.default = default
@@ -33,7 +30,7 @@ class Router:
         cls, settings: ModelServiceSettings, environ: Mapping[str, str] | None = None
     ) -> Router:
         environ = os.environ if environ is None else environ
-        providers: dict[str, Provider] = {
+        providers: dict[str, ModelStreamer] = {
             EMBEDDED_PROVIDER: EmbeddedProvider(
                 PromptCache(settings.cache_max_entries, settings.cache_ttl)
             )

@@ -84,8 +84,6 @@ def error_to_pb(code: ErrorCode, message: str) -> pb.Error:
 
 
 def tool_from_pb(tool: pb.Tool) -> model.Tool:
-    if not tool.name:
-        raise InvalidArgument("tool: name is required")
     return model.Tool(tool.name, tool.description, tool.parameters_json)
 
 
@@ -125,6 +123,8 @@ def request_from_pb(message: model_pb.GenerateRequest) -> model.ModelRequest:
         raise InvalidArgument("prompt_cache_key is required")
     if not message.thread_id:
         raise InvalidArgument("thread_id is required")
+    tools = tuple(tool_from_pb(t) for t in message.tools)
+    model.check_tools(tools)
     return model.ModelRequest(
         model=message.model,
         instructions=message.instructions,
@@ -133,7 +133,7 @@ def request_from_pb(message: model_pb.GenerateRequest) -> model.ModelRequest:
         thread_id=message.thread_id,
         window_id=message.window_id,
         sub_agent_kind=message.sub_agent_kind,
-        tools=tuple(tool_from_pb(t) for t in message.tools),
+        tools=tools,
     )
 
 

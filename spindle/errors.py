@@ -7,6 +7,7 @@ one place. Messages are shown to callers, so they must never hold secrets.
 from __future__ import annotations
 
 import enum
+import json
 
 
 class ErrorCode(enum.Enum):
@@ -53,3 +54,13 @@ class ModelError(SpindleError):
     """A model call failed; `code` says how (set from the provider's answer)."""
 
     code = ErrorCode.UNAVAILABLE
+
+
+def quoted(value: object, limit: int | None = 200) -> str:
+    """A caller's value as it may appear in a message: JSON-quoted, so control
+    characters cannot forge lines, and cut to `limit` characters (None: whole)
+    so that an error never echoes a huge input back."""
+    text = str(value)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return json.dumps(text, ensure_ascii=False)

@@ -7,18 +7,53 @@ here; `spindle.convert` translates at the gRPC edge.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+import re
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from spindle.errors import InvalidArgument
 from spindle.items import Item
+
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
 class Tool:
+    """A function the model may call. `parameters_json` is a JSON Schema object
+    as text; empty means the function takes no arguments."""
+
     name: str
     description: str = ""
     parameters_json: str = ""
+
+    def parameters(self) -> dict[str, Any] | None:
+        """The parsed schema, None when none is given; InvalidArgument when it
+        is not a JSON object."""
+        if not self.parameters_json.strip():
+            return None
+        try:
+            schema = json.loads(self.parameters_json)
+        except (ValueError, RecursionError):
+            raise InvalidArgument(f"tools: {self.name!r}: parameters_json is not JSON") from None
+        if not isinstance(schema, dict):
+            raise InvalidArgument(f"tools: {self.name!r}: parameters_json must be a JSON object")
+        return schema
+
+
+def check_tools(tools: Sequence[Tool]) -> None:
+    """What every provider accepts, checked where a request comes in, so that a
+    bad declaration is the caller's error and never reaches a provider."""
+    names = [tool.name for tool in tools]
+    if len(set(names)) != len(names):
+        raise InvalidArgument("tools: names must be unique")
+    for tool in tools:
+        if not _TOOL_NAME.fullmatch(tool.name):
+            raise InvalidArgument(
+                f"tools: name {tool.name!r} must be 1 to 64 letters, digits, '_' or '-'"
+            )
+        tool.parameters()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +101,9 @@ class ModelStreamer(Protocol):
     model-service side, the gRPC client of the model-service on the thread side.
 
     Errors are raised as `spindle.errors.SpindleError` (usually `ModelError`).
-    The stream ends with exactly one `Completed`.
+    The stream ends with exactly one `Completed`. `aclose` releases connections.
     """
 
-    def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]: ...
+    def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]: ...
+
+    async def aclose(self) -> None: ...

@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from spindle import settings
-from spindle.settings import ModelServiceSettings, SettingsError, ThreadServiceSettings
+from spindle.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,11 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
+
+
+class StartupError(Exception):
+    """The service cannot start (a busy port, an unusable data folder); the
+    message names what and why, in one line."""
 
 
 class Service:
@@ -84,7 +89,7 @@ async def start(service: Service, listen: str) -> RunningServer:
     try:
         running.port = server.add_insecure_port(listen)
     except RuntimeError as exc:
-        raise SettingsError(f"cannot listen on {listen}: {exc}") from None
+        raise StartupError(f"cannot listen on {listen}: {exc}") from None
     await server.start()
     for name in ["", *service.names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -109,7 +114,7 @@ async def run_until_signal(service: Service, listen: str, grace: float, label: s
     log.info("%s stopped", label)
 
 
-S = TypeVar("S", ThreadServiceSettings, ModelServiceSettings)
+S = TypeVar("S", bound=ServiceSettings)
 
 
 def main(
@@ -143,6 +148,6 @@ def main(
 
     try:
         asyncio.run(run())
-    except settings.SettingsError as exc:
+    except StartupError as exc:
         log.error("%s", exc)
         sys.exit(2)

@@ -21,10 +21,11 @@ from typing import Any, TypeVar
 import grpc
 
 from model_service.app import build as build_model_service
+from model_service.settings import ModelServiceSettings
 from spindle import serving
-from spindle.settings import ModelServiceSettings, ThreadServiceSettings
 from spindle.v1 import model_service_pb2_grpc, thread_service_pb2_grpc
 from thread_service.app import build as build_thread_service
+from thread_service.settings import ThreadServiceSettings
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent

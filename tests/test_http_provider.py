@@ -22,6 +22,7 @@ import pytest
 
 from model_service.providers.http import HttpProvider, retry_after_seconds
 from model_service.providers.sse import SseEvent, SseParser
+from model_service.settings import ProviderSettings
 from spindle.errors import ErrorCode, ModelError
 from spindle.items import (
     AgentMessage,
@@ -33,7 +34,6 @@ from spindle.items import (
     Role,
 )
 from spindle.model import Completed, ItemDone, ModelEvent, ModelRequest, TextDelta, Tool, Usage
-from spindle.settings import ProviderSettings
 from tests.upstream import (
     Reply,
     UpstreamServer,

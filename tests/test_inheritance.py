@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,7 +19,8 @@ from thread_service.records import Origin, ThreadRecord, TurnRecord, TurnStatus
 from thread_service.sqlite_store import SQLiteStore
 from thread_service.threads import ForkMode, ForkOptions, Threads
 from thread_service.trust import ProjectTrust
-from thread_service.turns import TurnCompleted, Turns
+from thread_service.turn import TurnCompleted
+from thread_service.turns import Turns
 
 T = TypeVar("T")
 
@@ -33,10 +34,13 @@ class RecordingModel:
     def __init__(self) -> None:
         self.requests: list[ModelRequest] = []
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
         self.requests.append(request)
         yield ItemDone(items.Message(ASSISTANT, "ok", items.Phase.FINAL_ANSWER))
         yield Completed(Usage(1, 0, 1))
+
+    async def aclose(self) -> None:
+        return None
 
 
 class Env:
@@ -59,7 +63,7 @@ class Env:
         return last
 
     async def history(self, thread: ThreadRecord) -> list[items.Item]:
-        found, _ = await self.store.read_history(thread.id, None, None)
+        found = await self.store.read_history(thread.id)
         return found
 
 

@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from model_service.providers.http import HttpProvider
+from model_service.settings import ModelServiceSettings
 from spindle import convert, settings
 from spindle.model import Usage
 from spindle.v1 import common_pb2 as c
@@ -33,7 +34,7 @@ from tests.upstream import (
 
 def gateway_settings(
     tmp_path: Path, upstream: UpstreamServer, extra: str = ""
-) -> settings.ModelServiceSettings:
+) -> ModelServiceSettings:
     home = tmp_path / "model-home"
     home.mkdir(exist_ok=True)
     (home / "config.toml").write_text(
@@ -57,7 +58,7 @@ max_retries = 2
 """
     )
     return settings.load(
-        settings.ModelServiceSettings,
+        ModelServiceSettings,
         ["--config-home", str(home)],
         {"SPINDLE_TEST_KEY": "sk-test-secret-123"},
     )

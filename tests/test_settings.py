@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from model_service.settings import ModelServiceSettings
 from spindle import settings
-from spindle.settings import ModelServiceSettings, SettingsError, ThreadServiceSettings
+from spindle.settings import SettingsError
+from thread_service.settings import ThreadServiceSettings
 
 
 def write_config(home: Path, text: str) -> Path:

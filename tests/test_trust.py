@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import logging
 import multiprocessing
 import os
@@ -25,13 +26,9 @@ import tomlkit
 
 from spindle.errors import InvalidArgument
 from thread_service import trust
-from thread_service.trust import (
-    LOCK_FILE_NAME,
-    ProjectTrust,
-    TrustOutcome,
-    TrustSource,
-    resolve_trust_target,
-)
+from thread_service.records import TrustSource, TrustState
+from thread_service.trust import LOCK_FILE_NAME, Marked, ProjectTrust, trust_target
+from thread_service.validation import check_cwd
 
 HAND_WRITTEN = b"""# Spindle settings, edited by hand.
 #   keep   this    spacing
@@ -95,17 +92,24 @@ def load(home: Path) -> dict[str, Any]:
     return tomllib.loads(config(home).read_text(encoding="utf-8"))
 
 
-def assert_persisted(outcome: TrustOutcome, target: Path) -> None:
-    assert outcome == TrustOutcome(str(target), True, TrustSource.PERSISTED, None)
+def mark(project_trust: ProjectTrust, cwd: str | Path) -> Marked:
+    """What a thread start does: check the cwd, then trust its project."""
+    return project_trust.mark_trusted(check_cwd(str(cwd)))
+
+
+def resolve_trust_target(cwd: str) -> Path:
+    return trust_target(check_cwd(cwd))
+
+
+def assert_persisted(outcome: Marked, target: Path) -> None:
+    assert outcome == Marked(TrustState(str(target), True, TrustSource.PERSISTED), None)
 
 
 def assert_in_memory(
-    outcome: TrustOutcome, target: Path, caplog: pytest.LogCaptureFixture, *reason: str
+    outcome: Marked, target: Path, caplog: pytest.LogCaptureFixture, *reason: str
 ) -> None:
     """The failure shape: in memory, a warning naming both paths and the reason, logged once."""
-    assert outcome.project_path == str(target)
-    assert outcome.trusted is True
-    assert outcome.source is TrustSource.IN_MEMORY
+    assert outcome.state == TrustState(str(target), True, TrustSource.IN_MEMORY)
     assert outcome.warning is not None
     assert str(target) in outcome.warning
     for words in reason:
@@ -251,7 +255,7 @@ def test_a_bad_cwd_is_an_invalid_argument_and_writes_nothing(
     with pytest.raises(InvalidArgument, match=message):
         resolve_trust_target(cwd)
     with pytest.raises(InvalidArgument, match=message):
-        ProjectTrust(home).mark_trusted(cwd)
+        mark(ProjectTrust(home), cwd)
     assert folder_listing(home) == set()
 
 
@@ -262,7 +266,7 @@ def test_a_first_start_creates_the_config_home_and_file(tmp_path: Path, project:
     home = tmp_path / "new" / "home"
     project_trust = ProjectTrust(home)
     assert not project_trust.is_trusted(str(project))
-    outcome = project_trust.mark_trusted(str(project))
+    outcome = mark(project_trust, str(project))
     assert_persisted(outcome, project)
     assert config(home).read_bytes() == table_for(project)
     assert stat.S_IMODE(config(home).stat().st_mode) == 0o600
@@ -272,7 +276,7 @@ def test_a_first_start_creates_the_config_home_and_file(tmp_path: Path, project:
 def test_the_worktree_cwd_writes_the_main_repository(tmp_path: Path, home: Path) -> None:
     main = make_repo(tmp_path / "main")
     make_worktree(main, tmp_path / "wt", relative=True)
-    outcome = ProjectTrust(home).mark_trusted(str(tmp_path / "wt"))
+    outcome = mark(ProjectTrust(home), str(tmp_path / "wt"))
     assert_persisted(outcome, main)
     assert load(home) == {"projects": {str(main): {"trust_level": "trusted"}}}
 
@@ -282,7 +286,7 @@ def test_a_hand_written_file_keeps_every_byte_and_gains_only_the_table(
 ) -> None:
     config(home).write_bytes(HAND_WRITTEN)
     before = load(home)
-    assert_persisted(ProjectTrust(home).mark_trusted(str(project)), project)
+    assert_persisted(mark(ProjectTrust(home), str(project)), project)
     assert config(home).read_bytes() == HAND_WRITTEN + b"\n" + table_for(project)
     after = load(home)
     assert after.pop("projects").pop(str(project)) == {"trust_level": "trusted"}
@@ -302,14 +306,14 @@ def test_the_new_table_follows_one_blank_line(
     home: Path, project: Path, original: bytes, separator: bytes
 ) -> None:
     config(home).write_bytes(original)
-    ProjectTrust(home).mark_trusted(str(project))
+    mark(ProjectTrust(home), str(project))
     assert config(home).read_bytes() == original + separator + table_for(project)
 
 
 def test_a_crlf_file_gets_a_crlf_table(home: Path, project: Path) -> None:
     original = b"# windows\r\n[thread_service]\r\nx = 1\r\n"
     config(home).write_bytes(original)
-    ProjectTrust(home).mark_trusted(str(project))
+    mark(ProjectTrust(home), str(project))
     assert config(home).read_bytes() == original + b"\r\n" + table_for(project).replace(
         b"\n", b"\r\n"
     )
@@ -321,13 +325,13 @@ def test_a_different_trust_level_is_changed_in_place(home: Path, project: Path) 
         "trust_level   =   'untrusted'   # keep this comment\nnote = 1\n\n[after]\nx = 2\n"
     ).encode()
     config(home).write_bytes(original)
-    assert_persisted(ProjectTrust(home).mark_trusted(str(project)), project)
+    assert_persisted(mark(ProjectTrust(home), str(project)), project)
     assert config(home).read_bytes() == original.replace(b"'untrusted'", b'"trusted"')
 
 
 def test_an_entry_without_trust_level_gains_it(home: Path, project: Path) -> None:
     config(home).write_text(f'[projects."{project}"]\nnote = 1\n\n[after]\nx = 2\n')
-    ProjectTrust(home).mark_trusted(str(project))
+    mark(ProjectTrust(home), str(project))
     assert load(home) == {
         "projects": {str(project): {"note": 1, "trust_level": "trusted"}},
         "after": {"x": 2},
@@ -338,7 +342,7 @@ def test_an_inline_projects_table_gains_an_inline_entry(home: Path, project: Pat
     head = b'a = 1\nprojects = { "/other" = { trust_level = "untrusted" } }'
     tail = b"  # inline\n\n[later]\nb = 2\n"
     config(home).write_bytes(head + tail)
-    assert_persisted(ProjectTrust(home).mark_trusted(str(project)), project)
+    assert_persisted(mark(ProjectTrust(home), str(project)), project)
     text = config(home).read_bytes()
     # Only the inline table itself is re-rendered (tomlkit drops the space before its `}`).
     assert text.startswith(head[: -len(b" }")]) and text.endswith(b"}" + tail)
@@ -366,7 +370,7 @@ def test_other_forms_of_the_entry_are_updated_in_place(
 ) -> None:
     original = (entry.format(p=project) + "  # mine\n\n[later]\nb = 2\n").encode()
     config(home).write_bytes(original)
-    assert_persisted(ProjectTrust(home).mark_trusted(str(project)), project)
+    assert_persisted(mark(ProjectTrust(home), str(project)), project)
     assert config(home).read_bytes() == original.replace(b'"untrusted"', b'"trusted"')
     assert load(home)["projects"] == {str(project): {"trust_level": "trusted", "keep": True}}
 
@@ -374,10 +378,10 @@ def test_other_forms_of_the_entry_are_updated_in_place(
 def test_a_second_start_writes_nothing(home: Path, project: Path) -> None:
     config(home).write_bytes(HAND_WRITTEN)
     project_trust = ProjectTrust(home)
-    project_trust.mark_trusted(str(project))
+    mark(project_trust, str(project))
     before = config(home).stat()
     written = config(home).read_bytes()
-    assert_persisted(project_trust.mark_trusted(f"{project}/./"), project)
+    assert_persisted(mark(project_trust, f"{project}/./"), project)
     after = config(home).stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert config(home).read_bytes() == written
@@ -390,7 +394,7 @@ def test_trust_written_by_another_process_while_waiting_is_not_written_again(
     before = config(home).stat()
     # The unlocked first look misses it, as when another process writes in between.
     monkeypatch.setattr(ProjectTrust, "is_trusted", lambda self, path: False)
-    assert_persisted(ProjectTrust(home).mark_trusted(str(project)), project)
+    assert_persisted(mark(ProjectTrust(home), str(project)), project)
     after = config(home).stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
@@ -402,14 +406,14 @@ def test_an_already_trusted_project_needs_no_writable_file(
     config(home).chmod(0o444)
     home.chmod(0o555)
     writable_again.extend([home, config(home)])
-    assert_persisted(ProjectTrust(home).mark_trusted(str(project)), project)
+    assert_persisted(mark(ProjectTrust(home), str(project)), project)
     assert folder_listing(home) == {"config.toml"}
 
 
 def test_the_permission_bits_are_kept(home: Path, project: Path) -> None:
     config(home).write_bytes(HAND_WRITTEN)
     config(home).chmod(0o640)
-    ProjectTrust(home).mark_trusted(str(project))
+    mark(ProjectTrust(home), str(project))
     assert stat.S_IMODE(config(home).stat().st_mode) == 0o640
 
 
@@ -420,7 +424,7 @@ def test_a_symlinked_config_is_edited_through_the_link(
     dotfiles.mkdir()
     (dotfiles / "spindle.toml").write_bytes(HAND_WRITTEN)
     config(home).symlink_to(dotfiles / "spindle.toml")
-    assert_persisted(ProjectTrust(home).mark_trusted(str(project)), project)
+    assert_persisted(mark(ProjectTrust(home), str(project)), project)
     assert config(home).is_symlink()
     assert (dotfiles / "spindle.toml").read_bytes() == HAND_WRITTEN + b"\n" + table_for(project)
 
@@ -447,10 +451,10 @@ def test_an_odd_path_is_quoted_as_exactly_one_new_key(
     config(home).write_bytes(HAND_WRITTEN)
     before = load(home)
     project_trust = ProjectTrust(home)
-    assert_persisted(project_trust.mark_trusted(str(cwd)), cwd)
+    assert_persisted(mark(project_trust, str(cwd)), cwd)
     assert_added_exactly(home, before, str(cwd))
     written = config(home).read_bytes()
-    assert project_trust.mark_trusted(str(cwd)).source is TrustSource.PERSISTED
+    assert mark(project_trust, str(cwd)).state.source is TrustSource.PERSISTED
     assert config(home).read_bytes() == written
 
 
@@ -460,7 +464,7 @@ def test_a_very_long_path_is_written(tmp_path: Path, home: Path) -> None:
     assert len(str(cwd)) > 3000
     config(home).write_bytes(HAND_WRITTEN)
     before = load(home)
-    assert_persisted(ProjectTrust(home).mark_trusted(str(cwd)), cwd)
+    assert_persisted(mark(ProjectTrust(home), str(cwd)), cwd)
     assert_added_exactly(home, before, str(cwd))
 
 
@@ -482,7 +486,7 @@ def test_a_read_only_config_file_is_left_alone(
     config(home).write_bytes(HAND_WRITTEN)
     config(home).chmod(0o444)
     writable_again.append(config(home))
-    outcome = ProjectTrust(home).mark_trusted(str(project))
+    outcome = mark(ProjectTrust(home), str(project))
     assert_in_memory(outcome, project, caplog, str(config(home)), "read-only")
     assert config(home).read_bytes() == HAND_WRITTEN
     assert folder_listing(home) == {"config.toml", LOCK_FILE_NAME}
@@ -501,7 +505,7 @@ def test_a_read_only_config_folder_is_left_alone(
     listing = folder_listing(home)
     home.chmod(0o555)
     writable_again.append(home)
-    outcome = ProjectTrust(home).mark_trusted(str(project))
+    outcome = mark(ProjectTrust(home), str(project))
     assert_in_memory(outcome, project, caplog, str(home), "read-only")
     assert folder_listing(home) == listing
     if with_file:
@@ -513,7 +517,7 @@ def test_a_config_home_that_cannot_be_created(
 ) -> None:
     (tmp_path / "a-file").write_text("not a folder")
     home = tmp_path / "a-file" / "home"
-    outcome = ProjectTrust(home).mark_trusted(str(project))
+    outcome = mark(ProjectTrust(home), str(project))
     assert_in_memory(outcome, project, caplog, str(home), "cannot create the config folder")
     assert (tmp_path / "a-file").read_text() == "not a folder"
 
@@ -530,7 +534,7 @@ def test_a_malformed_config_is_never_overwritten(
     home: Path, project: Path, caplog: pytest.LogCaptureFixture, original: bytes, where: str
 ) -> None:
     config(home).write_bytes(original)
-    outcome = ProjectTrust(home).mark_trusted(str(project))
+    outcome = mark(ProjectTrust(home), str(project))
     assert_in_memory(outcome, project, caplog, str(config(home)), "not valid TOML", where)
     assert config(home).read_bytes() == original
     assert folder_listing(home) == {"config.toml", LOCK_FILE_NAME}
@@ -541,7 +545,7 @@ def test_a_config_that_is_not_utf8_is_never_overwritten(
 ) -> None:
     original = b"# caf\xe9\nx = 1\n"
     config(home).write_bytes(original)
-    outcome = ProjectTrust(home).mark_trusted(str(project))
+    outcome = mark(ProjectTrust(home), str(project))
     assert_in_memory(outcome, project, caplog, "not valid UTF-8")
     assert config(home).read_bytes() == original
 
@@ -556,7 +560,7 @@ def test_a_projects_value_of_another_shape_is_left_alone(
 ) -> None:
     original = original.replace(b"{p}", str(project).encode())
     config(home).write_bytes(original)
-    outcome = ProjectTrust(home).mark_trusted(str(project))
+    outcome = mark(ProjectTrust(home), str(project))
     assert_in_memory(outcome, project, caplog, "not a table")
     assert config(home).read_bytes() == original
 
@@ -570,7 +574,7 @@ def test_a_full_disk_leaves_the_file_and_no_temporary_file(
 
     monkeypatch.setattr(trust, "_write_all", half_then_full)
     config(home).write_bytes(HAND_WRITTEN)
-    outcome = ProjectTrust(home).mark_trusted(str(project))
+    outcome = mark(ProjectTrust(home), str(project))
     assert_in_memory(outcome, project, caplog, str(config(home)), "No space left on device")
     assert config(home).read_bytes() == HAND_WRITTEN
     assert folder_listing(home) == {"config.toml", LOCK_FILE_NAME}
@@ -584,7 +588,7 @@ def test_an_edit_that_would_not_read_back_is_refused(
 
     monkeypatch.setattr(trust, "_with_trust", loses_a_table)
     config(home).write_bytes(HAND_WRITTEN)
-    outcome = ProjectTrust(home).mark_trusted(str(project))
+    outcome = mark(ProjectTrust(home), str(project))
     assert_in_memory(outcome, project, caplog, "would not read back as expected")
     assert config(home).read_bytes() == HAND_WRITTEN
 
@@ -595,7 +599,7 @@ def test_a_lock_held_too_long_gives_up(
     config(home).write_bytes(HAND_WRITTEN)
     with open(home / LOCK_FILE_NAME, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        outcome = ProjectTrust(home, lock_timeout_s=0.2).mark_trusted(str(project))
+        outcome = mark(ProjectTrust(home, lock_timeout_s=0.2), str(project))
     assert_in_memory(outcome, project, caplog, "timed out", LOCK_FILE_NAME)
     assert config(home).read_bytes() == HAND_WRITTEN
 
@@ -607,7 +611,7 @@ def test_an_unexpected_error_still_starts_the_thread(
         raise RuntimeError("bug")
 
     monkeypatch.setattr(trust, "_edited_config", broken)
-    outcome = ProjectTrust(home).mark_trusted(str(project))
+    outcome = mark(ProjectTrust(home), str(project))
     assert_in_memory(outcome, project, caplog, "unexpected RuntimeError")
 
 
@@ -633,8 +637,8 @@ def mark_many(
     project_trust = ProjectTrust(Path(home))
     start.wait()
     with ThreadPoolExecutor(max_workers=3) as pool:
-        for outcome in pool.map(project_trust.mark_trusted, cwds):
-            results.put((os.getpid(), outcome.project_path, outcome.source.value))
+        for outcome in pool.map(functools.partial(mark, project_trust), cwds):
+            results.put((os.getpid(), outcome.state.project_path, outcome.state.source.value))
 
 
 def test_concurrent_starts_in_many_processes_keep_every_entry(tmp_path: Path, home: Path) -> None:

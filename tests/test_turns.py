@@ -4,7 +4,7 @@ the caller's stream ends and the thread can take its next turn."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import pytest
@@ -16,16 +16,20 @@ from thread_service.records import TurnStatus
 from thread_service.sqlite_store import SQLiteStore
 from thread_service.threads import Threads
 from thread_service.trust import ProjectTrust
-from thread_service.turns import TurnCompleted, Turns
+from thread_service.turn import TurnCompleted
+from thread_service.turns import Turns
 
 HELLO = [items.Message(items.Role.USER, "hello")]
 
 
 class SlowModel:
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
         yield TextDelta("thinking")
         await asyncio.sleep(30)
         yield Completed()
+
+    async def aclose(self) -> None:
+        return None
 
 
 async def setup(tmp_path: Path) -> tuple[SQLiteStore, Threads, Turns, str]:
@@ -82,7 +86,7 @@ def test_repeated_interrupts_still_record_one_interrupted_turn(tmp_path: Path) -
         (turn,) = await store.list_turns(thread_id, 0, 10)
         assert turn.status is TurnStatus.INTERRUPTED
         # Nothing of the model's output is kept, only the input.
-        history, _ = await store.read_history(thread_id, None, None)
+        history = await store.read_history(thread_id)
         assert history == HELLO
         await store.close()
 

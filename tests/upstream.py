@@ -41,8 +41,8 @@ from typing import Any
 
 import pytest
 
+from model_service.settings import ProviderSettings
 from spindle.model import Usage
-from spindle.settings import ProviderSettings
 
 Fallback = Callable[["RecordedRequest"], "Reply"]
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from spindle import serving
-from spindle.settings import ThreadServiceSettings
 from thread_service.app import build
+from thread_service.settings import ThreadServiceSettings
 
 
 def main() -> None:

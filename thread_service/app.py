@@ -7,10 +7,10 @@ import logging
 import grpc
 
 from spindle.serving import Service
-from spindle.settings import ThreadServiceSettings
 from spindle.v1 import thread_service_pb2, thread_service_pb2_grpc
 from thread_service.model_client import ModelServiceClient
 from thread_service.servicer import ThreadServicer
+from thread_service.settings import ThreadServiceSettings
 from thread_service.sqlite_store import SQLiteStore
 from thread_service.threads import Threads
 from thread_service.trust import ProjectTrust

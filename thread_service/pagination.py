@@ -9,9 +9,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from spindle.errors import InvalidArgument
+
+T = TypeVar("T")
+Position = dict[str, Any]
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -19,19 +23,44 @@ MAX_TOKEN_LENGTH = 1024
 MAX_POSITION = 2**62
 
 
-def page_size(requested: int) -> int:
+def page_size_of(requested: int) -> int:
     """0 means the default; larger than the maximum is lowered to it."""
     if requested < 0:
         raise InvalidArgument("page_size must not be negative")
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def encode(listing: str, position: dict[str, Any]) -> str:
+async def page(
+    listing: str,
+    page_size: int,
+    page_token: str,
+    fetch: Callable[[Position | None, int], Awaitable[list[T]]],
+    next_position: Callable[[Position | None, list[T]], Position],
+) -> tuple[list[T], str]:
+    """One page of a listing: `fetch(position, limit)` reads from a position
+    (None: the start), and `next_position(position, page)` says where the
+    page after `page` begins. One more row than the page is read, so the last
+    page gets no token."""
+    size = page_size_of(page_size)
+    position = decode(listing, page_token)
+    found = await fetch(position, size + 1)
+    if len(found) <= size:
+        return found, ""
+    found = found[:size]
+    return found, encode(listing, next_position(position, found))
+
+
+def next_offset(position: Position | None, found: Sequence[object]) -> Position:
+    """Where the page after `found` begins, in a listing paged by offset."""
+    return {"o": (position_int(position, "o") if position else 0) + len(found)}
+
+
+def encode(listing: str, position: Position) -> str:
     raw = json.dumps({"l": listing, **position}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode(listing: str, token: str) -> dict[str, Any] | None:
+def decode(listing: str, token: str) -> Position | None:
     """The position a token names, or None for an empty token (the first page)."""
     if not token:
         return None
@@ -47,7 +76,7 @@ def decode(listing: str, token: str) -> dict[str, Any] | None:
     return data
 
 
-def position_int(position: dict[str, Any], key: str) -> int:
+def position_int(position: Position, key: str) -> int:
     """A whole number a token holds, within what any store can take."""
     value = position.get(key)
     if type(value) is not int or not 0 <= value < MAX_POSITION:
@@ -55,7 +84,7 @@ def position_int(position: dict[str, Any], key: str) -> int:
     return value
 
 
-def position_float(position: dict[str, Any], key: str) -> float:
+def position_float(position: Position, key: str) -> float:
     value = position.get(key)
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise InvalidArgument("page_token is malformed")
@@ -64,7 +93,7 @@ def position_float(position: dict[str, Any], key: str) -> float:
     return float(value)
 
 
-def position_str(position: dict[str, Any], key: str) -> str:
+def position_str(position: Position, key: str) -> str:
     value = position.get(key)
     if not isinstance(value, str):
         raise InvalidArgument("page_token is malformed")

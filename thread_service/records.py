@@ -1,4 +1,7 @@
-"""The thread-service's stored records: threads, history segments, turns."""
+"""The thread-service's records: threads, their trust, history segments, turns.
+
+Plain values that the domain, the store and the gRPC edge share.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ from dataclasses import dataclass, field
 from spindle.errors import ErrorCode
 from spindle.model import Usage
 from thread_service.inheritance import InheritedThreadState
-from thread_service.trust import TrustSource
 
 
 class Origin(enum.StrEnum):
@@ -20,8 +22,17 @@ class Origin(enum.StrEnum):
     RESUME = "resume"
 
 
+class TrustSource(enum.Enum):
+    """Where the trust of a started thread's project lives."""
+
+    PERSISTED = "persisted"
+    IN_MEMORY = "in_memory"
+
+
 @dataclass(frozen=True, slots=True)
 class TrustState:
+    """A thread's project (the trust target), and whether and where it is trusted."""
+
     project_path: str
     trusted: bool
     source: TrustSource

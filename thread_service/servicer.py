@@ -18,10 +18,10 @@ from spindle.model import ItemDone, TextDelta
 from spindle.v1 import common_pb2
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
-from thread_service.records import Origin, ThreadRecord, TurnRecord, TurnStatus
+from thread_service.records import Origin, ThreadRecord, TrustSource, TurnRecord, TurnStatus
 from thread_service.threads import ForkMode, ForkOptions, Threads
-from thread_service.trust import TrustSource
-from thread_service.turns import TurnCompleted, Turns, TurnStarted
+from thread_service.turn import TurnCompleted, TurnStarted
+from thread_service.turns import Turns
 
 # Binary metadata (`-bin`): gRPC libraries of every language base64-decode
 # it for the caller, so the value is the warning's UTF-8 text, any path in it.

@@ -32,13 +32,12 @@ from thread_service.records import (
     Origin,
     Segment,
     ThreadRecord,
+    TrustSource,
     TrustState,
     TurnError,
     TurnRecord,
     TurnStatus,
 )
-from thread_service.store import HistoryCursor
-from thread_service.trust import TrustSource
 
 T = TypeVar("T")
 
@@ -341,27 +340,33 @@ class SQLiteStore:
         return parts
 
     async def read_history(
-        self, thread_id: str, cursor: HistoryCursor | None, limit: int | None
-    ) -> tuple[list[items.Item], HistoryCursor | None]:
-        def read() -> tuple[list[items.Item], HistoryCursor | None]:
-            parts = self._parts(thread_id)
-            start = cursor or HistoryCursor(0, parts[0][0].from_seq)
+        self, thread_id: str, offset: int = 0, limit: int | None = None
+    ) -> list[items.Item]:
+        def read() -> list[items.Item]:
             result: list[items.Item] = []
-            for index in range(start.segment, len(parts)):
-                segment, sanitized = parts[index]
-                from_seq = start.seq if index == start.segment else segment.from_seq
-                remaining = -1 if limit is None else limit - len(result) + 1
+            skip = offset
+            for segment, sanitized in self._parts(thread_id):
+                where = "thread_id = ? AND seq >= ? AND seq < ?" + (
+                    " AND inheritable = 1" if sanitized else ""
+                )
+                bounds = (segment.source_thread_id, segment.from_seq, segment.to_seq)
+                if skip:
+                    count = self.conn.execute(
+                        f"SELECT COUNT(*) FROM items WHERE {where}", bounds
+                    ).fetchone()[0]
+                    if count <= skip:
+                        skip -= count
+                        continue
+                wanted = -1 if limit is None else limit - len(result)
                 rows = self.conn.execute(
-                    "SELECT seq, body FROM items WHERE thread_id = ? AND seq >= ? AND seq < ?"
-                    + (" AND inheritable = 1" if sanitized else "")
-                    + " ORDER BY seq LIMIT ?",
-                    (segment.source_thread_id, from_seq, segment.to_seq, remaining),
+                    f"SELECT body FROM items WHERE {where} ORDER BY seq LIMIT ? OFFSET ?",
+                    (*bounds, wanted, skip),
                 ).fetchall()
-                for seq, body in rows:
-                    if limit is not None and len(result) == limit:
-                        return result, HistoryCursor(index, seq)
-                    result.append(items.from_json(json.loads(body)))
-            return result, None
+                skip = 0
+                result.extend(items.from_json(json.loads(body)) for (body,) in rows)
+                if limit is not None and len(result) >= limit:
+                    break
+            return result
 
         return await self._run(read)
 

@@ -8,21 +8,11 @@ writes is one transaction, so a crash leaves either all of a step or none.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from spindle.items import Item
 from spindle.model import Usage
 from thread_service.records import Segment, ThreadRecord, TurnError, TurnRecord, TurnStatus
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryCursor:
-    """Where a history read goes on: segment `segment` (inherited ones first,
-    then the thread's own items), from `seq` on."""
-
-    segment: int
-    seq: int
 
 
 class Store(Protocol):
@@ -52,10 +42,10 @@ class Store(Protocol):
         """How many items the thread itself appended (its next seq)."""
 
     async def read_history(
-        self, thread_id: str, cursor: HistoryCursor | None, limit: int | None
-    ) -> tuple[list[Item], HistoryCursor | None]:
-        """The effective history: sanitized inherited segments, then own items.
-        Returns the items and the cursor of the rest (None at the end)."""
+        self, thread_id: str, offset: int = 0, limit: int | None = None
+    ) -> list[Item]:
+        """The effective history (sanitized inherited segments, then own items),
+        from item number `offset` on, at most `limit` items (None: all)."""
 
     async def history_length(self, thread_id: str) -> int: ...
 

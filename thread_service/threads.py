@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -18,14 +17,15 @@ from dataclasses import dataclass
 from spindle.errors import FailedPrecondition, InvalidArgument, NotFound
 from spindle.items import Item
 from thread_service import inheritance, pagination
-from thread_service.records import Origin, Segment, ThreadRecord, TrustState
-from thread_service.store import HistoryCursor, Store
-from thread_service.trust import ProjectTrust
+from thread_service.pagination import Position
+from thread_service.records import Origin, Segment, ThreadRecord
+from thread_service.store import Store
+from thread_service.trust import Marked, ProjectTrust
+from thread_service.validation import check_cwd, check_sub_agent_kind, parse_thread_id
 
 # What a sub-agent is when its creator names no kind; model requests of
 # sub-agents always say which kind of sub-agent is calling.
 DEFAULT_SUB_AGENT_KIND = "thread_spawn"
-_SUB_AGENT_KIND = re.compile(r"[!-~]{1,64}")
 
 
 class ForkMode(enum.StrEnum):
@@ -44,16 +44,6 @@ class ForkOptions:
 class StartResult:
     thread: ThreadRecord
     warnings: tuple[str, ...] = ()
-
-
-def parse_thread_id(value: str, field: str = "thread_id") -> str:
-    """Thread ids are UUIDs; anything else is a caller's mistake, not a miss."""
-    if not value:
-        raise InvalidArgument(f"{field} is required")
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise InvalidArgument(f"{field} {value!r} is not a thread id (a UUID)") from None
 
 
 class Threads:
@@ -89,7 +79,7 @@ class Threads:
         agent_role: str = "",
     ) -> StartResult:
         """Start a root thread; trust its project, best effort (see `trust`)."""
-        outcome = await asyncio.to_thread(self.trust.mark_trusted, cwd)
+        marked = await asyncio.to_thread(self._mark_trusted, cwd)
         now = self.clock()
         thread = ThreadRecord(
             id=str(uuid.uuid4()),
@@ -100,13 +90,17 @@ class Threads:
             instructions=instructions,
             agent_nickname=agent_nickname,
             agent_role=agent_role,
-            trust=TrustState(outcome.project_path, outcome.trusted, outcome.source),
+            trust=marked.state,
             created_at=now,
             updated_at=now,
         )
         await self.store.create_thread(thread, [])
-        warnings = (outcome.warning,) if outcome.warning else ()
+        warnings = (marked.warning,) if marked.warning else ()
         return StartResult(thread, warnings)
+
+    def _mark_trusted(self, cwd: str) -> Marked:
+        """Check `cwd` and trust its project; blocking file work, run in a thread."""
+        return self.trust.mark_trusted(check_cwd(cwd))
 
     async def spawn(
         self,
@@ -122,11 +116,7 @@ class Threads:
         """Create a sub-agent thread: fresh (own key, empty history) or a fork
         (the parent's effective key, the parent's history sanitized)."""
         parent_id = parse_thread_id(parent_id, "parent_id")
-        if sub_agent_kind and not _SUB_AGENT_KIND.fullmatch(sub_agent_kind):
-            raise InvalidArgument(
-                "sub_agent_kind must be 1 to 64 printable ASCII characters without spaces "
-                "(it travels as an HTTP header)"
-            )
+        check_sub_agent_kind(sub_agent_kind)
         if fork is not None:
             if not fork.parent_spawn_call_id:
                 raise FailedPrecondition(
@@ -227,37 +217,32 @@ class Threads:
         page_token: str = "",
     ) -> tuple[list[ThreadRecord], str]:
         parent = parse_thread_id(parent_id, "parent_id") if parent_id else None
-        listing = f"threads:{parent or ''}:{int(include_archived)}"
-        size = pagination.page_size(page_size)
-        position = pagination.decode(listing, page_token)
-        after = None
-        if position is not None:
-            after = (
-                pagination.position_float(position, "c"),
-                pagination.position_str(position, "i"),
+
+        async def fetch(position: Position | None, limit: int) -> list[ThreadRecord]:
+            after = None
+            if position is not None:
+                after = (
+                    pagination.position_float(position, "c"),
+                    pagination.position_str(position, "i"),
+                )
+            return await self.store.list_threads(
+                parent_id=parent, include_archived=include_archived, after=after, limit=limit
             )
-        threads = await self.store.list_threads(
-            parent_id=parent, include_archived=include_archived, after=after, limit=size + 1
-        )
-        token = ""
-        if len(threads) > size:
-            threads = threads[:size]
-            last = threads[-1]
-            token = pagination.encode(listing, {"c": last.created_at, "i": last.id})
-        return threads, token
+
+        def next_position(_: Position | None, found: list[ThreadRecord]) -> Position:
+            return {"c": found[-1].created_at, "i": found[-1].id}
+
+        listing = f"threads:{parent or ''}:{int(include_archived)}"
+        return await pagination.page(listing, page_size, page_token, fetch, next_position)
 
     async def history(
         self, thread_id: str, *, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[Item], str]:
         thread = await self.get(thread_id)
+
+        async def fetch(position: Position | None, limit: int) -> list[Item]:
+            offset = pagination.position_int(position, "o") if position else 0
+            return await self.store.read_history(thread.id, offset, limit)
+
         listing = f"items:{thread.id}"
-        size = pagination.page_size(page_size)
-        position = pagination.decode(listing, page_token)
-        cursor = None
-        if position is not None:
-            cursor = HistoryCursor(
-                pagination.position_int(position, "s"), pagination.position_int(position, "q")
-            )
-        found, rest = await self.store.read_history(thread.id, cursor, size)
-        token = pagination.encode(listing, {"s": rest.segment, "q": rest.seq}) if rest else ""
-        return found, token
+        return await pagination.page(listing, page_size, page_token, fetch, pagination.next_offset)

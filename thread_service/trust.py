@@ -5,18 +5,18 @@ Trust is saved in `{config_home}/config.toml` as
     [projects."/abs/path/to/project"]
     trust_level = "trusted"
 
-and saving it is best effort (DESIGN.md, core behaviour 2): a read-only file
-or folder, a full disk or a malformed file must not stop a thread from
-starting, so `ProjectTrust.mark_trusted` never raises for them. It returns an
-outcome saying the trust is held in memory only, with a warning naming the
-paths and the reason, and logs that warning once.
+and saving it is best effort: a read-only file or folder, a full disk or a
+malformed file must not stop a thread from starting, so
+`ProjectTrust.mark_trusted` never raises for them. It returns trust held in
+memory only, with a warning naming the paths and the reason, and logs that
+warning once.
 
 Behaviours callers may rely on:
-- The trust target is the root of the git repository holding `cwd` (the
-  main repository's root for a linked worktree, see `git_root`), or `cwd`
-  itself outside any repository. `cwd` is resolved with `Path.resolve()`
-  first, so a symlinked `cwd` trusts the real project, and the saved key is
-  that resolved path.
+- The trust target is the root of the git repository holding the thread's
+  directory (the main repository's root for a linked worktree, see
+  `git_root`), or the directory itself outside any repository. The caller
+  passes the directory resolved (`validation.check_cwd`), so a symlinked
+  `cwd` trusts the real project, and the saved key is that resolved path.
 - The file is edited, never rewritten from scratch: a new project becomes a
   table appended after the file's last byte, an existing entry (a table, an
   inline table or dotted keys) only has its `trust_level` value changed, and
@@ -40,7 +40,6 @@ Behaviours callers may rely on:
 from __future__ import annotations
 
 import copy
-import enum
 import errno
 import fcntl
 import json
@@ -54,26 +53,19 @@ import time
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import tomlkit
 from tomlkit.container import OutOfOrderTableProxy
 from tomlkit.exceptions import ParseError, TOMLKitError
 from tomlkit.items import InlineTable, Table
 
-from spindle.errors import InvalidArgument
 from spindle.settings import CONFIG_FILE_NAME
 from thread_service.git_root import repository_root
+from thread_service.records import TrustSource, TrustState
 
-__all__ = [
-    "LOCK_FILE_NAME",
-    "ProjectTrust",
-    "TrustOutcome",
-    "TrustSource",
-    "resolve_trust_target",
-]
+__all__ = ["LOCK_FILE_NAME", "Marked", "ProjectTrust", "trust_target"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,20 +80,10 @@ _TABLES = (Table, InlineTable, OutOfOrderTableProxy)
 _TOMLLIB_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 
-class TrustSource(enum.Enum):
-    """Where the trust of a started thread's project lives."""
-
-    PERSISTED = "persisted"
-    IN_MEMORY = "in_memory"
-
-
-@dataclass(frozen=True)
-class TrustOutcome:
+class Marked(NamedTuple):
     """What `mark_trusted` did; `warning` is set exactly when the write failed."""
 
-    project_path: str
-    trusted: bool
-    source: TrustSource
+    state: TrustState
     warning: str | None
 
 
@@ -109,12 +91,8 @@ class _NotSaved(Exception):
     """Trust could not be written; the message is the reason shown to the user."""
 
 
-def resolve_trust_target(cwd: str) -> Path:
-    """The resolved folder to trust for a thread started in `cwd`.
-
-    Raises InvalidArgument unless `cwd` is an absolute path to an existing directory.
-    """
-    directory = _checked_cwd(cwd)
+def trust_target(directory: Path) -> Path:
+    """The folder to trust for a thread started in `directory` (resolved)."""
     return repository_root(directory) or directory
 
 
@@ -134,20 +112,18 @@ class ProjectTrust:
         """The file trust is written to."""
         return self._config
 
-    def mark_trusted(self, cwd: str) -> TrustOutcome:
-        """Trust the project holding `cwd`, in the file when possible, else in memory.
-
-        Blocking (file I/O, a lock wait of at most `lock_timeout_s`). Raises
-        InvalidArgument for a bad `cwd`, and nothing else.
-        """
-        project = str(resolve_trust_target(cwd))
+    def mark_trusted(self, directory: Path) -> Marked:
+        """Trust the project holding `directory` (resolved), in the file when
+        possible, else in memory. Blocking (file I/O, a lock wait of at most
+        `lock_timeout_s`); never raises."""
+        project = str(trust_target(directory))
         try:
             self._persist(project)
         except _NotSaved as exc:
             return self._in_memory(project, str(exc))
         except Exception as exc:  # best effort: no failure may stop a thread start
             return self._in_memory(project, f"unexpected {type(exc).__name__}", exc_info=True)
-        return TrustOutcome(project, True, TrustSource.PERSISTED, None)
+        return Marked(TrustState(project, True, TrustSource.PERSISTED), None)
 
     def is_trusted(self, project_path: str) -> bool:
         """Whether config.toml trusts exactly this key; False when it cannot be read."""
@@ -193,34 +169,14 @@ class ProjectTrust:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def _in_memory(self, project: str, reason: str, *, exc_info: bool = False) -> TrustOutcome:
+    def _in_memory(self, project: str, reason: str, *, exc_info: bool = False) -> Marked:
         """The outcome of a failed write, with its warning logged once."""
         warning = (
             f"could not save trust for project {_show(project)} in {_show(self._config)}: "
             f"{reason}; the project is trusted in memory for this thread only"
         )
         logger.warning("%s", warning, exc_info=exc_info)
-        return TrustOutcome(project, True, TrustSource.IN_MEMORY, warning)
-
-
-def _checked_cwd(cwd: str) -> Path:
-    """`cwd` resolved, or InvalidArgument saying what is wrong with it."""
-    if not cwd:
-        raise InvalidArgument("cwd is empty; give the absolute path of an existing directory")
-    if "\0" in cwd:
-        raise InvalidArgument("cwd must not contain a NUL character")
-    if not os.path.isabs(cwd):
-        raise InvalidArgument(f"cwd must be an absolute path, got {_show(cwd)}")
-    try:
-        resolved = Path(cwd).resolve(strict=True)
-        is_dir = resolved.is_dir()
-    except FileNotFoundError:
-        raise InvalidArgument(f"cwd {_show(cwd)} does not exist") from None
-    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
-        raise InvalidArgument(f"cwd {_show(cwd)} cannot be used: {_reason(exc)}") from None
-    if not is_dir:
-        raise InvalidArgument(f"cwd {_show(cwd)} is not a directory")
-    return resolved
+        return Marked(TrustState(project, True, TrustSource.IN_MEMORY), warning)
 
 
 def _edited_config(text: str, project: str) -> str | None:

@@ -3,42 +3,14 @@
 `wire_api` picks the request and stream format (`responses_wire` or
 `chat_wire`); this module owns what both share: headers, the API key,
 timeouts, retries and the mapping of HTTP failures to Spindle error codes.
+What goes upstream, how faults are retried and which status each failure
+gets is documented once, in the README's "Model providers" section.
 
-Choices (README material):
-- Headers on every request: `authorization: Bearer <key>` when `api_key_env`
-  names a set variable (or the bare key in `api_key_header`, Azure's
-  `api-key`); `session_id` and `x-spindle-thread-id` (the thread
-  id), `x-spindle-window-id` (the window id), and `x-openai-subagent` (the
-  sub-agent kind, only for sub-agent threads). `settings.headers` are sent
-  as well (the ones above win a clash), and `settings.query_params` are
-  added to the URL (for example Azure's `api-version`). The body carries
-  `prompt_cache_key` unchanged.
-- A missing key variable fails the call with FAILED_PRECONDITION naming the
-  variable. The key never appears in errors (it is masked even when a
-  provider echoes it) or logs; nothing here logs headers.
-- Retries: connection failures, HTTP 429 and 5xx, and a body that ends before
-  its first event, up to `max_retries` times and only while the caller has
-  received no event. The wait is exponential with full jitter (a random time
-  up to `backoff_initial * 2**n`, at most `backoff_max`), or exactly what
-  `Retry-After` asks (seconds or an HTTP date). A `Retry-After` longer than
-  `backoff_max` is not waited for: the call fails at once with the
-  provider's error, instead of holding the caller past any useful deadline.
-  A 429 whose error code is `insufficient_quota` is not retried. httpx itself
-  does not retry (transport `retries=0`), so there is no second loop.
-- Timeouts: httpx gets `connect_timeout`, `read_timeout`, `write_timeout`
-  and `pool_timeout`; `idle_timeout` bounds the silence between two
-  lines of a stream (0 turns it off) and fails with DEADLINE_EXCEEDED, as
-  does a read timeout.
-- Status codes: 400, 413 and 422 are INVALID_ARGUMENT, 401 UNAUTHENTICATED,
-  403 PERMISSION_DENIED, 404 NOT_FOUND, 408 DEADLINE_EXCEEDED, 429
-  RESOURCE_EXHAUSTED, 5xx and connection failures UNAVAILABLE, any other
-  status FAILED_PRECONDITION (a misconfigured provider), and so is a 2xx
-  JSON answer (a server that does not stream). Messages read
-  `provider 'NAME': HTTP 429: <the provider's error.message>`.
-- Closing: each attempt holds its response in `async with`, so a consumer
-  that stops iterating (call `aclose()` on the stream, or use
-  `contextlib.aclosing`) or a cancelled task closes the upstream connection
-  at once.
+The key never appears in errors (it is masked even when a provider echoes
+it) or logs; nothing here logs headers. httpx itself does not retry
+(transport `retries=0`), so the retry loop here is the only one. Each
+attempt holds its response in `async with`, so a consumer that stops
+iterating, or a cancelled task, closes the upstream connection at once.
 """
 
 from __future__ import annotations
@@ -60,9 +32,9 @@ import httpx
 
 from model_service.providers import chat_wire, responses_wire
 from model_service.providers.sse import SseEvent, SseParser
+from model_service.settings import ProviderSettings
 from spindle.errors import ErrorCode, ModelError
 from spindle.model import Completed, ModelEvent, ModelRequest
-from spindle.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +84,8 @@ class HttpProvider:
         environ: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if settings.wire_api not in _WIRES:
-            raise ValueError(f"provider {settings.name!r}: unknown wire_api {settings.wire_api!r}")
         self._wire = _WIRES[settings.wire_api]
         url = httpx.URL(settings.base_url.rstrip("/") + self._wire.path)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"provider {settings.name!r}: base_url must be an http(s) URL")
         self.settings = settings
         self._environ = os.environ if environ is None else environ
         self._url = url

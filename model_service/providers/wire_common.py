@@ -7,11 +7,28 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from spindle.errors import ErrorCode, ModelError
+from spindle.errors import ErrorCode, ModelError, SpindleError
 from spindle.items import AgentMessage
 from spindle.model import Tool
 
 JsonObject = dict[str, Any]
+
+# The wires a provider can speak (`wire_api`), each a module of its own.
+WIRE_APIS = ("responses", "chat")
+
+# Body fields Spindle sets itself; a provider's `extra_body` cannot replace them.
+RESERVED_BODY_FIELDS = frozenset(
+    {
+        "model",
+        "input",
+        "messages",
+        "instructions",
+        "tools",
+        "stream",
+        "stream_options",
+        "prompt_cache_key",
+    }
+)
 
 EMPTY_PARAMETERS: JsonObject = {"type": "object", "properties": {}}
 
@@ -32,23 +49,11 @@ _TOKEN_LIMIT_REASONS = ("max_output_tokens", "length")
 
 def tool_parameters(tool: Tool) -> JsonObject:
     """The JSON schema of a tool's parameters; an empty one means "no parameters"."""
-    if not tool.name:
-        raise ModelError("a tool has no name", code=ErrorCode.INVALID_ARGUMENT)
-    if not tool.parameters_json.strip():
-        return dict(EMPTY_PARAMETERS)
     try:
-        schema = json.loads(tool.parameters_json)
-    except ValueError as exc:
-        raise ModelError(
-            f"tool {tool.name!r}: parameters_json is not valid JSON: {exc}",
-            code=ErrorCode.INVALID_ARGUMENT,
-        ) from None
-    if not isinstance(schema, dict):
-        raise ModelError(
-            f"tool {tool.name!r}: parameters_json must be a JSON object",
-            code=ErrorCode.INVALID_ARGUMENT,
-        )
-    return schema
+        schema = tool.parameters()
+    except SpindleError as exc:
+        raise ModelError(exc.message, code=exc.code) from None
+    return dict(EMPTY_PARAMETERS) if schema is None else schema
 
 
 def agent_message_text(item: AgentMessage) -> str:

@@ -1,0 +1,46 @@
+"""The thread-service's settings: `[thread_service]` in config.toml, `SPINDLE_*`
+variables and flags (see `spindle.settings` for the precedence)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from spindle.settings import DEFAULT_CONFIG_HOME, ServiceSettings, SettingsError, setting
+
+SQLITE_SYNCHRONOUS_MODES = ("FULL", "EXTRA", "NORMAL")
+
+
+@dataclass(frozen=True)
+class ThreadServiceSettings(ServiceSettings):
+    SECTION: ClassVar[str] = "thread_service"
+
+    config_home: Path = setting(
+        DEFAULT_CONFIG_HOME,
+        "SPINDLE_CONFIG_HOME",
+        "folder holding config.toml (settings and trusted projects)",
+    )
+    listen: str = setting("127.0.0.1:50051", "SPINDLE_THREAD_LISTEN", "HOST:PORT to serve on")
+    model_service: str = setting(
+        "127.0.0.1:50052", "SPINDLE_MODEL_SERVICE", "HOST:PORT of the model-service"
+    )
+    data_dir: Path = setting(
+        Path("~/.spindle/data"), "SPINDLE_DATA_DIR", "folder of the SQLite database"
+    )
+    default_model: str = setting(
+        "spindle-echo", "SPINDLE_DEFAULT_MODEL", "model of threads that name none"
+    )
+    max_spawn_depth: int = setting(
+        4, "SPINDLE_MAX_SPAWN_DEPTH", "deepest sub-agent level allowed (root is 0)"
+    )
+    sqlite_synchronous: str = setting(
+        "FULL", "SPINDLE_SQLITE_SYNCHRONOUS", "SQLite synchronous mode: FULL, EXTRA or NORMAL"
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.max_spawn_depth < 0:
+            raise SettingsError("max_spawn_depth must be 0 or more")
+        if self.sqlite_synchronous.upper() not in SQLITE_SYNCHRONOUS_MODES:
+            raise SettingsError("sqlite_synchronous must be FULL, EXTRA or NORMAL")
