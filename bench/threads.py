@@ -41,9 +41,9 @@ from spindle.v1 import common_pb2, model_service_pb2, model_service_pb2_grpc
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
 from tests.harness import ServiceProcess
-from thread_service.records import TurnRecord, TurnStatus
+from thread_service.records import Entry, TurnRecord, TurnStatus
 from thread_service.settings import ThreadServiceSettings
-from thread_service.sqlite_store import SQLiteStore
+from thread_service.stores.sqlite import SQLiteStore
 from thread_service.threads import Threads
 from thread_service.trust import ProjectTrust
 
@@ -186,7 +186,7 @@ async def warm(calls: Sequence[Call]) -> None:
 async def build_parent(data_dir: Path, config_home: Path, cwd: Path, items: int) -> str:
     """A root thread of `items` items (user message + final answer per turn),
     written through the store API, as the service would write them."""
-    store = await SQLiteStore.open(data_dir, "OFF")
+    store = await SQLiteStore.open(data_dir / "spindle.sqlite3", "OFF")
     try:
         threads = Threads(
             store,
@@ -198,9 +198,11 @@ async def build_parent(data_dir: Path, config_home: Path, cwd: Path, items: int)
         for i in range(items // 2):
             turn = TurnRecord(str(uuid.uuid4()), thread.id, TurnStatus.RUNNING, time.time())
             question = f"question {i}: what does step {i} of the plan change?"
-            await store.begin_turn(turn, [Message(Role.USER, question)])
+            await store.begin_turn(turn, [Entry.of(Message(Role.USER, question))])
             answer = Message(Role.ASSISTANT, f"echo: {question}", Phase.FINAL_ANSWER)
-            await store.finish_turn(turn.id, TurnStatus.COMPLETED, Usage(), None, [answer])
+            await store.finish_turn(
+                turn.id, TurnStatus.COMPLETED, Usage(), None, [Entry.of(answer)]
+            )
         return thread.id
     finally:
         await store.close()

@@ -26,6 +26,11 @@ class ErrorCode(enum.Enum):
     INTERNAL = "INTERNAL"
 
 
+class StartupError(Exception):
+    """A service cannot start (a busy port, a data folder in use or unusable);
+    the message names what and why, in one line."""
+
+
 class SpindleError(Exception):
     """Base of every error a caller may see; `code` decides the status."""
 
@@ -48,6 +53,12 @@ class NotFound(SpindleError):
 
 class FailedPrecondition(SpindleError):
     code = ErrorCode.FAILED_PRECONDITION
+
+
+class Unavailable(SpindleError):
+    """A dependency (the database) cannot be reached now; a retry may succeed."""
+
+    code = ErrorCode.UNAVAILABLE
 
 
 class ModelError(SpindleError):

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from spindle import settings
+from spindle.errors import StartupError
 from spindle.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,6 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
-
-
-class StartupError(Exception):
-    """The service cannot start (a busy port, an unusable data folder); the
-    message names what and why, in one line."""
 
 
 class Service:

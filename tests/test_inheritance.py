@@ -15,8 +15,8 @@ import pytest
 from spindle import items
 from spindle.errors import FailedPrecondition, InvalidArgument, NotFound
 from spindle.model import Completed, ItemDone, ModelEvent, ModelRequest, Usage
-from thread_service.records import Origin, ThreadRecord, TurnRecord, TurnStatus
-from thread_service.sqlite_store import SQLiteStore
+from thread_service.records import Entry, Origin, ThreadRecord, TurnRecord, TurnStatus
+from thread_service.stores.sqlite import SQLiteStore
 from thread_service.threads import ForkMode, ForkOptions, Threads
 from thread_service.trust import ProjectTrust
 from thread_service.turn import TurnCompleted
@@ -63,13 +63,12 @@ class Env:
         return last
 
     async def history(self, thread: ThreadRecord) -> list[items.Item]:
-        found = await self.store.read_history(thread.id)
-        return found
+        return await self.store.read_history(thread.id)
 
 
 def run_env(tmp_path: Path, body: Callable[[Env], Awaitable[T]], max_depth: int = 4) -> T:
     async def main() -> T:
-        store = await SQLiteStore.open(tmp_path / "data", "NORMAL")
+        store = await SQLiteStore.open(tmp_path / "data" / "spindle.sqlite3", "NORMAL")
         try:
             return await body(Env(store, tmp_path, max_depth))
         finally:
@@ -131,11 +130,12 @@ def test_every_model_request_carries_key_thread_window_and_kind(tmp_path: Path) 
 
 
 async def _record_turn(env: Env, thread: ThreadRecord, turn_items: list[items.Item]) -> None:
-    turn = await env.store.begin_turn(
-        TurnRecord(f"turn-{len(turn_items)}-{id(turn_items)}", thread.id, TurnStatus.RUNNING, 0.0),
-        turn_items[:1],
+    turn = TurnRecord(
+        f"turn-{len(turn_items)}-{id(turn_items)}", thread.id, TurnStatus.RUNNING, 0.0
     )
-    await env.store.finish_turn(turn.id, TurnStatus.COMPLETED, Usage(), None, turn_items[1:])
+    await env.store.begin_turn(turn, [Entry.of(i) for i in turn_items[:1]])
+    outputs = [Entry.of(i) for i in turn_items[1:]]
+    await env.store.finish_turn(turn.id, TurnStatus.COMPLETED, Usage(), None, outputs)
 
 
 def test_a_fork_copies_the_sanitized_history_in_order(tmp_path: Path) -> None:
@@ -263,7 +263,7 @@ def test_resume_after_a_restart_restores_persisted_state(tmp_path: Path) -> None
         root = await env.root()
         await env.turn(root, "hi")
         child = await env.threads.spawn(root.id, fork=FORK, agent_nickname="Cy", agent_role="r")
-        await env.store.save_thread(dataclasses.replace(child, window_generation=3))
+        await env.store.update_thread(dataclasses.replace(child, window_generation=3))
         return root.id, child.id
 
     root_id, child_id = run_env(tmp_path, first)

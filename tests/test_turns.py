@@ -13,7 +13,7 @@ from spindle import items
 from spindle.errors import SpindleError
 from spindle.model import Completed, ModelEvent, ModelRequest, TextDelta
 from thread_service.records import TurnStatus
-from thread_service.sqlite_store import SQLiteStore
+from thread_service.stores.sqlite import SQLiteStore
 from thread_service.threads import Threads
 from thread_service.trust import ProjectTrust
 from thread_service.turn import TurnCompleted
@@ -33,7 +33,7 @@ class SlowModel:
 
 
 async def setup(tmp_path: Path) -> tuple[SQLiteStore, Threads, Turns, str]:
-    store = await SQLiteStore.open(tmp_path / "data", "NORMAL")
+    store = await SQLiteStore.open(tmp_path / "data" / "spindle.sqlite3", "NORMAL")
     threads = Threads(store, ProjectTrust(tmp_path / "home"), default_model="m", max_spawn_depth=2)
     thread = (await threads.start(str(tmp_path))).thread
     return store, threads, Turns(store, threads, SlowModel()), thread.id

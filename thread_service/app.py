@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
-import logging
-
 import grpc
 
 from spindle.serving import Service
 from spindle.v1 import thread_service_pb2, thread_service_pb2_grpc
 from thread_service.model_client import ModelServiceClient
+from thread_service.replica import Replica
 from thread_service.servicer import ThreadServicer
 from thread_service.settings import ThreadServiceSettings
-from thread_service.sqlite_store import SQLiteStore
+from thread_service.stores import StoreOptions, open_store
 from thread_service.threads import Threads
 from thread_service.trust import ProjectTrust
 from thread_service.turns import Turns
 
-log = logging.getLogger(__name__)
-
 
 async def build(settings: ThreadServiceSettings) -> Service:
-    store = await SQLiteStore.open(settings.data_dir, settings.sqlite_synchronous)
-    stale = await store.interrupt_running_turns("the service stopped while the turn ran")
-    if stale:
-        log.warning("marked %d turn(s) left running by a previous process as interrupted", stale)
+    store = await open_store(
+        settings.store,
+        StoreOptions(
+            data_dir=settings.data_dir,
+            sqlite_synchronous=settings.sqlite_synchronous,
+            pool_min=settings.store_pool_min,
+            pool_max=settings.store_pool_max,
+            timeout=settings.store_timeout,
+        ),
+    )
     model = ModelServiceClient(settings.model_service)
     threads = Threads(
         store,
@@ -32,6 +35,14 @@ async def build(settings: ThreadServiceSettings) -> Service:
         max_spawn_depth=settings.max_spawn_depth,
     )
     turns = Turns(store, threads, model)
+    replica = Replica(
+        store,
+        lease=settings.turn_lease,
+        interrupt=turns.interrupt_turn,
+        has_turns=turns.has_running,
+    )
+    turns.owner = replica.id
+    await replica.start()
     servicer = ThreadServicer(threads, turns)
 
     def register(server: grpc.aio.Server) -> None:
@@ -39,6 +50,7 @@ async def build(settings: ThreadServiceSettings) -> Service:
 
     async def close() -> None:
         await turns.close()
+        await replica.stop()
         await model.aclose()
         await store.close()
 

@@ -1,4 +1,4 @@
-"""The thread-service's records: threads, their trust, history segments, turns.
+"""The thread-service's records: threads, their trust, turns, history entries.
 
 Plain values that the domain, the store and the gRPC edge share.
 """
@@ -9,6 +9,7 @@ import enum
 from dataclasses import dataclass, field
 
 from spindle.errors import ErrorCode
+from spindle.items import Item, inherited_by_fork
 from spindle.model import Usage
 from thread_service.inheritance import InheritedThreadState
 
@@ -69,19 +70,6 @@ class ThreadRecord:
         return f"{self.id}:{self.window_generation}"
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """A run of another thread's items that a fork inherits, without copying.
-
-    Items `from_seq <= seq < to_seq` of `source_thread_id`, keeping only those
-    a fork may inherit (see `spindle.items.inherited_by_fork`).
-    """
-
-    source_thread_id: str
-    from_seq: int
-    to_seq: int
-
-
 class TurnStatus(enum.StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
@@ -97,11 +85,27 @@ class TurnError:
 
 @dataclass(frozen=True, slots=True)
 class TurnRecord:
+    """A turn as stored. `owner` is the thread-service process (replica) that
+    runs it while it is RUNNING; its lease tells others whether it still lives."""
+
     id: str
     thread_id: str
     status: TurnStatus
     created_at: float
-    first_seq: int = 0
+    owner: str = ""
     usage: Usage = field(default_factory=Usage)
     error: TurnError | None = None
     completed_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """An item to append to a thread's history, with whether a fork inherits it
+    (the fork rule, `spindle.items.inherited_by_fork`, decided above the store)."""
+
+    item: Item
+    inheritable: bool
+
+    @classmethod
+    def of(cls, item: Item) -> Entry:
+        return cls(item, inherited_by_fork(item))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from spindle.settings import DEFAULT_CONFIG_HOME, ServiceSettings, SettingsError, setting
+from thread_service.stores import sqlite_path
 
 SQLITE_SYNCHRONOUS_MODES = ("FULL", "EXTRA", "NORMAL")
 
@@ -26,7 +27,26 @@ class ThreadServiceSettings(ServiceSettings):
         "127.0.0.1:50052", "SPINDLE_MODEL_SERVICE", "HOST:PORT of the model-service"
     )
     data_dir: Path = setting(
-        Path("~/.spindle/data"), "SPINDLE_DATA_DIR", "folder of the SQLite database"
+        Path("~/.spindle/data"), "SPINDLE_DATA_DIR", "folder of the default SQLite database"
+    )
+    store: str = setting(
+        "",
+        "SPINDLE_STORE",
+        "sqlite:///PATH or postgresql://USER@HOST/DB (empty: SQLite in the data dir)",
+    )
+    store_pool_min: int = setting(1, "SPINDLE_STORE_POOL_MIN", "PostgreSQL: connections kept open")
+    store_pool_max: int = setting(
+        10, "SPINDLE_STORE_POOL_MAX", "PostgreSQL: most connections at once"
+    )
+    store_timeout: float = setting(
+        5.0,
+        "SPINDLE_STORE_TIMEOUT",
+        "PostgreSQL: seconds to wait for a connection before a call fails UNAVAILABLE",
+    )
+    turn_lease: float = setting(
+        6.0,
+        "SPINDLE_TURN_LEASE",
+        "seconds without a heartbeat after which another replica ends a replica's turns",
     )
     default_model: str = setting(
         "spindle-echo", "SPINDLE_DEFAULT_MODEL", "model of threads that name none"
@@ -44,3 +64,10 @@ class ThreadServiceSettings(ServiceSettings):
             raise SettingsError("max_spawn_depth must be 0 or more")
         if self.sqlite_synchronous.upper() not in SQLITE_SYNCHRONOUS_MODES:
             raise SettingsError("sqlite_synchronous must be FULL, EXTRA or NORMAL")
+        sqlite_path(self.store, self.data_dir)
+        if not 1 <= self.store_pool_min <= self.store_pool_max <= 1000:
+            raise SettingsError("need 1 <= store_pool_min <= store_pool_max <= 1000")
+        if not 0 < self.store_timeout <= 600:
+            raise SettingsError("store_timeout must be within 0..600 seconds")
+        if not 0.3 <= self.turn_lease <= 3600:
+            raise SettingsError("turn_lease must be within 0.3..3600 seconds")

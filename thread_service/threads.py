@@ -18,8 +18,8 @@ from spindle.errors import FailedPrecondition, InvalidArgument, NotFound
 from spindle.items import Item
 from thread_service import inheritance, pagination
 from thread_service.pagination import Position
-from thread_service.records import Origin, Segment, ThreadRecord
-from thread_service.store import Store
+from thread_service.records import Origin, ThreadRecord
+from thread_service.store import ForkSource, Store, ThreadFilter
 from thread_service.trust import Marked, ProjectTrust
 from thread_service.validation import check_cwd, check_sub_agent_kind, parse_thread_id
 
@@ -94,7 +94,7 @@ class Threads:
             created_at=now,
             updated_at=now,
         )
-        await self.store.create_thread(thread, [])
+        await self.store.create_thread(thread)
         warnings = (marked.warning,) if marked.warning else ()
         return StartResult(thread, warnings)
 
@@ -135,13 +135,9 @@ class Threads:
                 f"spawn depth limit reached: a child of {parent_id} would be at depth {depth}, "
                 f"and the limit is {self.max_spawn_depth}"
             )
-        inherited = inheritance.EMPTY
-        segments: list[Segment] = []
-        if fork is not None:
-            # Read from the store, so a parent that is not loaded anywhere
-            # still passes on its effective key.
-            inherited = inheritance.for_fork(parent.prompt_cache_key)
-            segments = await self._fork_segments(parent, fork)
+        # Read from the store, so a parent that is not loaded anywhere still
+        # passes on its effective key.
+        inherited = inheritance.for_fork(parent.prompt_cache_key) if fork else inheritance.EMPTY
         now = self.clock()
         child = ThreadRecord(
             id=str(uuid.uuid4()),
@@ -161,30 +157,12 @@ class Threads:
             created_at=now,
             updated_at=now,
         )
-        await self.store.create_thread(child, segments)
+        if fork is None:
+            await self.store.create_thread(child)
+        else:
+            last_n = fork.last_n_turns if fork.mode is ForkMode.LAST_N_TURNS else None
+            await self.store.create_fork(child, ForkSource(parent.id, last_n))
         return child
-
-    async def _fork_segments(self, parent: ThreadRecord, fork: ForkOptions) -> list[Segment]:
-        """The parent's history as segments: its own inherited ones, then its
-        own items up to now. Costs O(depth), never O(history)."""
-        segments = await self.store.segments(parent.id)
-        segments.append(Segment(parent.id, 0, await self.store.own_item_count(parent.id)))
-        if fork.mode != ForkMode.LAST_N_TURNS:
-            return segments
-        # Keep only the last N turns: walk back from the newest segment.
-        wanted = fork.last_n_turns
-        kept: list[Segment] = []
-        for segment in reversed(segments):
-            starts = await self.store.turn_starts(
-                segment.source_thread_id, segment.from_seq, segment.to_seq, wanted
-            )
-            if len(starts) >= wanted:
-                kept.append(dataclasses.replace(segment, from_seq=starts[wanted - 1]))
-                break
-            kept.append(segment)
-            wanted -= len(starts)
-        kept.reverse()
-        return kept
 
     async def resume(self, thread_id: str) -> tuple[ThreadRecord, int]:
         """Open a new session of a persisted thread: its history, nickname, role
@@ -198,14 +176,14 @@ class Threads:
             inherited=inheritance.EMPTY,
             updated_at=self.clock(),
         )
-        await self.store.save_thread(thread)
+        await self.store.update_thread(thread)
         return thread, await self.store.history_length(thread.id)
 
     async def archive(self, thread_id: str) -> ThreadRecord:
         thread = await self.get(thread_id)
         if not thread.archived:
             thread = dataclasses.replace(thread, archived=True, updated_at=self.clock())
-            await self.store.save_thread(thread)
+            await self.store.update_thread(thread)
         return thread
 
     async def list_threads(
@@ -226,7 +204,7 @@ class Threads:
                     pagination.position_str(position, "i"),
                 )
             return await self.store.list_threads(
-                parent_id=parent, include_archived=include_archived, after=after, limit=limit
+                ThreadFilter(parent, include_archived), after, limit
             )
 
         def next_position(_: Position | None, found: list[ThreadRecord]) -> Position:

@@ -19,7 +19,7 @@ from typing import TypeVar
 from spindle import items
 from spindle.errors import ErrorCode, SpindleError
 from spindle.model import Completed, ItemDone, ModelRequest, ModelStreamer, TextDelta, Usage
-from thread_service.records import TurnError, TurnRecord, TurnStatus
+from thread_service.records import Entry, TurnError, TurnRecord, TurnStatus
 from thread_service.store import Store
 
 log = logging.getLogger(__name__)
@@ -122,10 +122,17 @@ class Turn:
             yield event
 
     async def _run(self) -> None:
-        """Play the turn and record its end; whatever happens, the events end."""
+        """Record the turn's start, play it and record its end; whatever
+        happens, the events end."""
         failure: SpindleError | None = None
         try:
-            outcome = await self._play()
+            try:
+                entries = [Entry.of(item) for item in self.input_items]
+                _, cancelled = await _to_the_end(self.store.begin_turn(self.record, entries))
+            except SpindleError as exc:  # refused (a turn already runs), or the store is down
+                failure = exc
+                return
+            outcome = await self._play(cancelled)
             failure = outcome.failure
             if failure is None:
                 calls = tuple(i for i in outcome.outputs if isinstance(i, items.FunctionCall))
@@ -147,11 +154,10 @@ class Turn:
     def thread_id(self) -> str:
         return self.record.thread_id
 
-    async def _play(self) -> Outcome:
-        """Append the input, call the model, record the end. Store writes run to
-        the end even when the turn is interrupted meanwhile: a turn is recorded
-        whole, never half."""
-        _, cancelled = await _to_the_end(self.store.begin_turn(self.record, self.input_items))
+    async def _play(self, cancelled: bool) -> Outcome:
+        """Call the model (unless the turn was cut while it started), then record
+        the end. Store writes run to the end even when the turn is interrupted
+        meanwhile: a turn is recorded whole, never half."""
         if cancelled:
             outcome = Outcome(TurnStatus.INTERRUPTED)
         else:
@@ -160,10 +166,9 @@ class Turn:
         if outcome.status is TurnStatus.INTERRUPTED:
             reason = self.interrupt_reason or "interrupted"
             outcome = Outcome(outcome.status, outcome.usage, TurnError(ErrorCode.CANCELLED, reason))
+        outputs = [Entry.of(item) for item in outcome.outputs]
         await _to_the_end(
-            self.store.finish_turn(
-                self.id, outcome.status, outcome.usage, outcome.error, outcome.outputs
-            )
+            self.store.finish_turn(self.id, outcome.status, outcome.usage, outcome.error, outputs)
         )
         return outcome
 

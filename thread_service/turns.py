@@ -27,10 +27,15 @@ INTERRUPTED_BY_CALL = "interrupted by InterruptTurn"
 
 
 class Turns:
-    def __init__(self, store: Store, threads: Threads, model: ModelStreamer) -> None:
+    """The turns this process runs; `owner` names it in the store (see `replica`)."""
+
+    def __init__(
+        self, store: Store, threads: Threads, model: ModelStreamer, *, owner: str = ""
+    ) -> None:
         self.store = store
         self.threads = threads
         self.model = model
+        self.owner = owner
         self._running: dict[str, Turn] = {}
         self._shutdown_reason = ""
 
@@ -65,7 +70,9 @@ class Turns:
             sub_agent_kind=thread.sub_agent_kind,
             tools=tuple(tools),
         )
-        record = TurnRecord(str(uuid.uuid4()), thread.id, TurnStatus.RUNNING, time.time())
+        record = TurnRecord(
+            str(uuid.uuid4()), thread.id, TurnStatus.RUNNING, time.time(), owner=self.owner
+        )
         turn = Turn(self.store, self.model, record, request, input_items)
         self._running[thread.id] = turn
         turn.start().add_done_callback(lambda _: self._forget(turn))
@@ -88,13 +95,26 @@ class Turns:
             del self._running[turn.thread_id]
 
     async def interrupt(self, thread_id: str) -> str:
-        """Interrupt the turn running on a thread here; '' when none is."""
+        """Interrupt the turn running on a thread, here or on another replica
+        (which notices within moments); its id, or '' when none runs."""
         thread = await self.threads.get(thread_id)
         turn = self._running.get(thread.id)
-        if turn is None:
+        if turn is not None:
+            turn.interrupt(INTERRUPTED_BY_CALL)
+            return turn.id
+        if self.store.exclusive:
             return ""
-        turn.interrupt(INTERRUPTED_BY_CALL)
-        return turn.id
+        elsewhere = await self.store.request_interrupt(thread.id, INTERRUPTED_BY_CALL)
+        return elsewhere.id if elsewhere else ""
+
+    def interrupt_turn(self, turn_id: str, reason: str) -> None:
+        """Interrupt a turn of this process by id (asked by another replica)."""
+        for turn in list(self._running.values()):
+            if turn.id == turn_id:
+                turn.interrupt(reason)
+
+    def has_running(self) -> bool:
+        return bool(self._running)
 
     async def list_turns(
         self, thread_id: str, *, page_size: int = 0, page_token: str = ""

@@ -1,0 +1,91 @@
+"""`Store` on a SQL database: each method runs one script of `operations` in
+one transaction. A backend supplies `_run` (and opening and closing)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from spindle.items import Item
+from spindle.model import Usage
+from thread_service.records import Entry, ThreadRecord, TurnError, TurnRecord, TurnStatus
+from thread_service.store import ForkSource, ThreadFilter
+from thread_service.stores import operations as ops
+from thread_service.stores.operations import Script, T
+
+
+class SqlStore:
+    """The domain operations; subclasses run the scripts."""
+
+    exclusive = False
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+
+    async def _run(self, script: Script[T]) -> T:
+        raise NotImplementedError
+
+    async def create_thread(self, thread: ThreadRecord) -> None:
+        await self._run(ops.create_thread(thread))
+
+    async def create_fork(self, child: ThreadRecord, source: ForkSource) -> None:
+        await self._run(ops.create_fork(child, source))
+
+    async def get_thread(self, thread_id: str) -> ThreadRecord | None:
+        return await self._run(ops.get_thread(thread_id))
+
+    async def update_thread(self, thread: ThreadRecord) -> None:
+        await self._run(ops.update_thread(thread))
+
+    async def list_threads(
+        self, which: ThreadFilter, after: tuple[float, str] | None, limit: int
+    ) -> list[ThreadRecord]:
+        return await self._run(ops.list_threads(which, after, limit))
+
+    async def read_history(
+        self, thread_id: str, offset: int = 0, limit: int | None = None
+    ) -> list[Item]:
+        return await self._run(ops.read_history(thread_id, offset, limit))
+
+    async def history_length(self, thread_id: str) -> int:
+        return await self._run(ops.history_length(thread_id))
+
+    async def begin_turn(self, turn: TurnRecord, input_items: Sequence[Entry]) -> None:
+        await self._run(ops.begin_turn(turn, input_items, self.clock()))
+
+    async def finish_turn(
+        self,
+        turn_id: str,
+        status: TurnStatus,
+        usage: Usage,
+        error: TurnError | None,
+        output_items: Sequence[Entry],
+    ) -> TurnRecord:
+        return await self._run(
+            ops.finish_turn(turn_id, status, usage, error, output_items, self.clock())
+        )
+
+    async def get_turn(self, turn_id: str) -> TurnRecord | None:
+        return await self._run(ops.get_turn(turn_id))
+
+    async def running_turn(self, thread_id: str) -> TurnRecord | None:
+        return await self._run(ops.running_turn(thread_id))
+
+    async def list_turns(self, thread_id: str, offset: int, limit: int) -> list[TurnRecord]:
+        return await self._run(ops.list_turns(thread_id, offset, limit))
+
+    async def request_interrupt(self, thread_id: str, reason: str) -> TurnRecord | None:
+        return await self._run(ops.request_interrupt(thread_id, reason))
+
+    async def interrupts_requested(self, owner: str) -> list[tuple[str, str]]:
+        return await self._run(ops.interrupts_requested(owner))
+
+    async def heartbeat(self, owner: str) -> None:
+        await self._run(ops.heartbeat(owner, self.clock()))
+
+    async def end_orphaned_turns(self, reason: str, *, lease: float, alive: str) -> int:
+        return await self._run(
+            ops.end_orphaned_turns(
+                reason, self.clock(), lease=lease, alive=alive, exclusive=self.exclusive
+            )
+        )
