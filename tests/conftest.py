@@ -7,6 +7,8 @@ import pytest
 
 from tests.harness import LoopThread, Stack, start_stack
 
+pytest_plugins = ["tests.postgres"]
+
 
 @pytest.fixture(scope="session")
 def loop_thread() -> Iterator[LoopThread]:
@@ -23,3 +25,8 @@ def stack(loop_thread: LoopThread, tmp_path: Path) -> Iterator[Stack]:
 
 
 from tests.upstream import upstream  # noqa: E402, F401  (the `upstream` fixture)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"

@@ -25,6 +25,9 @@ class SqlStore:
     async def _run(self, script: Script[T]) -> T:
         raise NotImplementedError
 
+    async def close(self) -> None:
+        raise NotImplementedError
+
     async def create_thread(self, thread: ThreadRecord) -> None:
         await self._run(ops.create_thread(thread))
 

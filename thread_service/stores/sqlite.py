@@ -38,6 +38,7 @@ class SQLiteStore(SqlStore):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._closed = False
 
     @classmethod
     async def open(
@@ -92,6 +93,10 @@ class SQLiteStore(SqlStore):
         return result
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+
         def close() -> None:
             if self._conn is not None:
                 self._conn.close()
