@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import pytest
 
 from model_service.app import build as build_model_service
 from model_service.settings import ModelServiceSettings
@@ -186,6 +187,16 @@ def service_pair(
         if thread is not None:
             thread.stop()
         model.stop()
+
+
+@contextmanager
+def raises_status(code: grpc.StatusCode, *fragments: str) -> Iterator[Any]:
+    """Expect the block to fail with `code` and a message holding every fragment."""
+    with pytest.raises(grpc.RpcError) as info:
+        yield info
+    assert info.value.code() == code, info.value.details()
+    for fragment in fragments:
+        assert fragment in info.value.details()
 
 
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> None:

@@ -47,3 +47,13 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_args(request: pytest.FixtureRequest) -> list[str]:
+    """thread-service flags for each store backend: the default SQLite file in
+    the data directory, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return []
+    url: str = request.getfixturevalue("postgres_url")
+    return ["--store", url]

@@ -33,8 +33,10 @@ def run_turn(stub: pb_grpc.ThreadServiceStub, thread_id: str, text: str) -> pb.T
     return events[-1].turn_completed
 
 
-def test_keys_follow_inheritance_across_a_restart_of_both_services(tmp_path: Path) -> None:
-    with service_pair(tmp_path) as (model, thread):
+def test_keys_follow_inheritance_across_a_restart_of_both_services(
+    tmp_path: Path, store_args: list[str]
+) -> None:
+    with service_pair(tmp_path, store_args) as (model, thread):
         with grpc.insecure_channel(thread.address) as channel:
             stub = pb_grpc.ThreadServiceStub(channel)
             root = stub.StartThread(pb.StartThreadRequest(cwd=str(tmp_path))).thread
@@ -71,7 +73,7 @@ def test_keys_follow_inheritance_across_a_restart_of_both_services(tmp_path: Pat
         assert "stopped" in thread.log_text()
 
     # Both services restarted on the same data: nothing is live any more.
-    with service_pair(tmp_path) as (model, thread):
+    with service_pair(tmp_path, store_args) as (model, thread):
         with grpc.insecure_channel(thread.address) as channel:
             stub = pb_grpc.ThreadServiceStub(channel)
             # A fork made after the restart still inherits the stored key.
