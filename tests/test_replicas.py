@@ -8,6 +8,7 @@ import itertools
 import signal
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -20,7 +21,8 @@ import pytest
 from spindle.v1 import common_pb2 as c
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
-from tests.harness import ServiceProcess, raises_status, wait_until
+from tests.harness import ServiceProcess, raises_status, service_pair, wait_until
+from tests.proxy import TcpProxy
 
 LEASE = 1.0  # seconds: short, so that a killed replica's turns end quickly here
 
@@ -220,3 +222,45 @@ def test_a_thousand_turns_over_three_replicas_lose_and_repeat_nothing(
         assert found == expected
         total += len(found)
     assert total == 2 * 40 * turns_per_thread == 2000
+
+
+def test_an_unreachable_database_is_unavailable_and_the_service_recovers(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    url = urllib.parse.urlsplit(postgres_url)
+    with (
+        TcpProxy(url.hostname or "127.0.0.1", url.port or 5432) as proxy,
+        service_pair(
+            tmp_path,
+            [
+                "--store",
+                url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}").geturl(),
+                "--store-timeout",
+                "1",
+            ],
+        ) as (_, thread),
+        grpc.insecure_channel(thread.address) as channel,
+    ):
+        stub = pb_grpc.ThreadServiceStub(channel)
+        root = stub.StartThread(pb.StartThreadRequest(cwd=str(tmp_path))).thread
+        run_turn(stub, root.id, "before")
+        proxy.cut()
+        for call in (
+            lambda: stub.GetThread(pb.GetThreadRequest(thread_id=root.id), timeout=10),
+            lambda: run_turn(stub, root.id, "during"),
+        ):
+            with raises_status(grpc.StatusCode.UNAVAILABLE, "the database", "is unavailable"):
+                call()
+        proxy.restore()
+        wait_until(lambda: _answers(stub, root.id), timeout=15)
+        assert run_turn(stub, root.id, "after").status == pb.TURN_STATUS_COMPLETED
+        assert texts(stub, root.id) == ["before", "echo: before", "after", "echo: after"]
+        assert "Traceback" not in thread.log_text()
+
+
+def _answers(stub: pb_grpc.ThreadServiceStub, thread_id: str) -> bool:
+    try:
+        stub.GetThread(pb.GetThreadRequest(thread_id=thread_id), timeout=5)
+    except grpc.RpcError:
+        return False
+    return True
