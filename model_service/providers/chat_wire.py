@@ -26,18 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from model_service.providers import wire_common as wire
 from model_service.providers.sse import SseEvent
-from model_service.providers.wire_common import (
-    JsonObject,
-    agent_message_text,
-    as_int,
-    as_object,
-    as_str,
-    error_code_for,
-    incomplete_error,
-    parse_event_data,
-    tool_parameters,
-)
 from spindle.errors import ErrorCode, ModelError
 from spindle.items import (
     AgentMessage,
@@ -54,9 +44,9 @@ DONE = "[DONE]"
 _INCOMPLETE_REASONS = ("length", "content_filter")
 
 
-def encode_request(request: ModelRequest) -> JsonObject:
+def encode_request(request: ModelRequest) -> wire.JsonObject:
     """The JSON body of a streamed `POST /chat/completions` for `request`."""
-    body: JsonObject = {"model": request.model, "messages": _encode_messages(request)}
+    body: wire.JsonObject = {"model": request.model, "messages": _encode_messages(request)}
     if request.tools:
         body["tools"] = [_encode_tool(tool) for tool in request.tools]
     body["stream"] = True
@@ -65,12 +55,12 @@ def encode_request(request: ModelRequest) -> JsonObject:
     return body
 
 
-def _encode_messages(request: ModelRequest) -> list[JsonObject]:
-    messages: list[JsonObject] = []
+def _encode_messages(request: ModelRequest) -> list[wire.JsonObject]:
+    messages: list[wire.JsonObject] = []
     if request.instructions:
         messages.append({"role": "system", "content": request.instructions})
     # The assistant message that function calls right after it are attached to.
-    assistant: JsonObject | None = None
+    assistant: wire.JsonObject | None = None
     for item in request.input:
         match item:
             case Message(role=Role.ASSISTANT, text=text):
@@ -95,7 +85,7 @@ def _encode_messages(request: ModelRequest) -> list[JsonObject]:
                 messages.append({"role": "tool", "tool_call_id": call_id, "content": output})
                 assistant = None
             case AgentMessage():
-                messages.append({"role": "user", "content": agent_message_text(item)})
+                messages.append({"role": "user", "content": wire.agent_message_text(item)})
                 assistant = None
             case Reasoning(encrypted_content=encrypted):
                 if encrypted:
@@ -107,11 +97,11 @@ def _encode_messages(request: ModelRequest) -> list[JsonObject]:
     return messages
 
 
-def _encode_tool(tool: Tool) -> JsonObject:
-    function: JsonObject = {"name": tool.name}
+def _encode_tool(tool: Tool) -> wire.JsonObject:
+    function: wire.JsonObject = {"name": tool.name}
     if tool.description:
         function["description"] = tool.description
-    function["parameters"] = tool_parameters(tool)
+    function["parameters"] = wire.tool_parameters(tool)
     return {"type": "function", "function": function}
 
 
@@ -139,33 +129,33 @@ class ChatDecoder:
             return []  # the [DONE] after the usage chunk
         if event.data.strip() == DONE:
             return self._final()
-        chunk = parse_event_data(event.data)
+        chunk = wire.parse_event_data(event.data)
         error = chunk.get("error")
         if error:
-            error = as_object(error) or {"message": str(error)}
-            message = as_str(error.get("message")) or "stream error"
-            raise ModelError(message, code=error_code_for(error.get("code")))
-        self._response_id = self._response_id or as_str(chunk.get("id"))
+            error = wire.as_object(error) or {"message": str(error)}
+            message = wire.as_str(error.get("message")) or "stream error"
+            raise ModelError(message, code=wire.error_code_for(error.get("code")))
+        self._response_id = self._response_id or wire.as_str(chunk.get("id"))
         events: list[ModelEvent] = []
         for choice in chunk.get("choices") or []:
-            choice = as_object(choice)
-            if as_int(choice.get("index")) != 0:
+            choice = wire.as_object(choice)
+            if wire.as_int(choice.get("index")) != 0:
                 continue  # Spindle asks for one choice
-            delta = as_object(choice.get("delta"))
-            text = as_str(delta.get("content"))
+            delta = wire.as_object(choice.get("delta"))
+            text = wire.as_str(delta.get("content"))
             if text:
                 self._text.append(text)
                 events.append(TextDelta(text))
             for fragment in delta.get("tool_calls") or []:
-                self._add_fragment(as_object(fragment))
-            self._finish_reason = as_str(choice.get("finish_reason")) or self._finish_reason
-        usage = as_object(chunk.get("usage"))
+                self._add_fragment(wire.as_object(fragment))
+            self._finish_reason = wire.as_str(choice.get("finish_reason")) or self._finish_reason
+        usage = wire.as_object(chunk.get("usage"))
         if usage:
-            details = as_object(usage.get("prompt_tokens_details"))
+            details = wire.as_object(usage.get("prompt_tokens_details"))
             self._usage = Usage(
-                input_tokens=as_int(usage.get("prompt_tokens")),
-                cached_input_tokens=as_int(details.get("cached_tokens")),
-                output_tokens=as_int(usage.get("completion_tokens")),
+                input_tokens=wire.as_int(usage.get("prompt_tokens")),
+                cached_input_tokens=wire.as_int(details.get("cached_tokens")),
+                output_tokens=wire.as_int(usage.get("completion_tokens")),
             )
             # Usage after the finish reason is OpenAI's last chunk. Some servers
             # report running usage on every chunk; those complete at [DONE].
@@ -173,17 +163,17 @@ class ChatDecoder:
                 events.extend(self._final())
         return events
 
-    def _add_fragment(self, fragment: JsonObject) -> None:
-        call = self._calls.setdefault(as_int(fragment.get("index")), _ToolCall())
-        call.call_id = call.call_id or as_str(fragment.get("id"))
-        function = as_object(fragment.get("function"))
-        call.name = call.name or as_str(function.get("name"))
-        call.arguments.append(as_str(function.get("arguments")))
+    def _add_fragment(self, fragment: wire.JsonObject) -> None:
+        call = self._calls.setdefault(wire.as_int(fragment.get("index")), _ToolCall())
+        call.call_id = call.call_id or wire.as_str(fragment.get("id"))
+        function = wire.as_object(fragment.get("function"))
+        call.name = call.name or wire.as_str(function.get("name"))
+        call.arguments.append(wire.as_str(function.get("arguments")))
 
     def _final(self) -> list[ModelEvent]:
         self._done = True
         if self._finish_reason in _INCOMPLETE_REASONS:
-            raise incomplete_error(self._finish_reason)
+            raise wire.incomplete_error(self._finish_reason)
         events: list[ModelEvent] = []
         if self._text:
             phase = Phase.COMMENTARY if self._calls else Phase.FINAL_ANSWER

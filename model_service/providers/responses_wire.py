@@ -30,18 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from model_service.providers import wire_common as wire
 from model_service.providers.sse import SseEvent
-from model_service.providers.wire_common import (
-    JsonObject,
-    agent_message_text,
-    as_int,
-    as_object,
-    as_str,
-    error_code_for,
-    incomplete_error,
-    parse_event_data,
-    tool_parameters,
-)
 from spindle.errors import ErrorCode, ModelError
 from spindle.items import (
     AgentMessage,
@@ -58,9 +48,9 @@ from spindle.model import Completed, ItemDone, ModelEvent, ModelRequest, TextDel
 _PHASES = {phase.value: phase for phase in Phase}
 
 
-def encode_request(request: ModelRequest) -> JsonObject:
+def encode_request(request: ModelRequest) -> wire.JsonObject:
     """The JSON body of a streamed `POST /responses` for `request`."""
-    body: JsonObject = {"model": request.model}
+    body: wire.JsonObject = {"model": request.model}
     if request.instructions:
         body["instructions"] = request.instructions
     body["input"] = [encoded for item in request.input if (encoded := _encode_item(item))]
@@ -71,9 +61,9 @@ def encode_request(request: ModelRequest) -> JsonObject:
     return body
 
 
-def _message(role: str, text: str, phase: Phase | None = None) -> JsonObject:
+def _message(role: str, text: str, phase: Phase | None = None) -> wire.JsonObject:
     part = "output_text" if role == Role.ASSISTANT.value else "input_text"
-    encoded: JsonObject = {
+    encoded: wire.JsonObject = {
         "type": "message",
         "role": role,
         "content": [{"type": part, "text": text}],
@@ -83,7 +73,7 @@ def _message(role: str, text: str, phase: Phase | None = None) -> JsonObject:
     return encoded
 
 
-def _encode_item(item: Item) -> JsonObject | None:
+def _encode_item(item: Item) -> wire.JsonObject | None:
     match item:
         case Message(role=role, text=text, phase=phase):
             return _message(role.value, text, phase if role is Role.ASSISTANT else None)
@@ -102,15 +92,15 @@ def _encode_item(item: Item) -> JsonObject | None:
         case FunctionCallOutput(call_id=call_id, output=output):
             return {"type": "function_call_output", "call_id": call_id, "output": output}
         case AgentMessage():
-            return _message(Role.USER.value, agent_message_text(item))
+            return _message(Role.USER.value, wire.agent_message_text(item))
     raise ModelError(f"cannot send item {item!r}", code=ErrorCode.INVALID_ARGUMENT)
 
 
-def _encode_tool(tool: Tool) -> JsonObject:
-    encoded: JsonObject = {"type": "function", "name": tool.name}
+def _encode_tool(tool: Tool) -> wire.JsonObject:
+    encoded: wire.JsonObject = {"type": "function", "name": tool.name}
     if tool.description:
         encoded["description"] = tool.description
-    encoded["parameters"] = tool_parameters(tool)
+    encoded["parameters"] = wire.tool_parameters(tool)
     encoded["strict"] = False
     return encoded
 
@@ -124,80 +114,80 @@ class ResponsesDecoder:
 
     def feed(self, event: SseEvent) -> list[ModelEvent]:
         """The events `event` produces; a `Completed` is always the last one."""
-        data = parse_event_data(event.data)
-        kind = as_str(data.get("type")) or event.event
+        data = wire.parse_event_data(event.data)
+        kind = wire.as_str(data.get("type")) or event.event
         if kind == "response.created":
-            self._response_id = as_str(as_object(data.get("response")).get("id"))
+            self._response_id = wire.as_str(wire.as_object(data.get("response")).get("id"))
         elif kind in ("response.output_text.delta", "response.refusal.delta"):
-            delta = as_str(data.get("delta"))
+            delta = wire.as_str(data.get("delta"))
             return [TextDelta(delta)] if delta else []
         elif kind == "response.function_call_arguments.delta":
-            key = as_str(data.get("item_id")) or str(data.get("output_index"))
-            self._arguments.setdefault(key, []).append(as_str(data.get("delta")))
+            key = wire.as_str(data.get("item_id")) or str(data.get("output_index"))
+            self._arguments.setdefault(key, []).append(wire.as_str(data.get("delta")))
         elif kind == "response.output_item.done":
-            raw = as_object(data.get("item"))
+            raw = wire.as_object(data.get("item"))
             if raw.get("status") == "incomplete":
                 return []  # cut short: `response.incomplete` follows and fails the call
             item = self._item(raw, data.get("output_index"))
             return [ItemDone(item)] if item is not None else []
         elif kind == "response.completed":
-            return [self._completed(as_object(data.get("response")))]
+            return [self._completed(wire.as_object(data.get("response")))]
         elif kind == "response.failed":
-            error = as_object(as_object(data.get("response")).get("error"))
+            error = wire.as_object(wire.as_object(data.get("response")).get("error"))
             raise _provider_error(error, "response failed")
         elif kind == "error":
-            raise _provider_error(as_object(data.get("error")) or data, "stream error")
+            raise _provider_error(wire.as_object(data.get("error")) or data, "stream error")
         elif kind == "response.incomplete":
-            details = as_object(as_object(data.get("response")).get("incomplete_details"))
-            raise incomplete_error(as_str(details.get("reason")))
+            details = wire.as_object(wire.as_object(data.get("response")).get("incomplete_details"))
+            raise wire.incomplete_error(wire.as_str(details.get("reason")))
         return []
 
-    def _item(self, item: JsonObject, output_index: object) -> Item | None:
+    def _item(self, item: wire.JsonObject, output_index: object) -> Item | None:
         kind = item.get("type")
         if kind == "message":
             return _output_message(item)
         if kind == "function_call":
-            key = as_str(item.get("id")) or str(output_index)
+            key = wire.as_str(item.get("id")) or str(output_index)
             streamed = "".join(self._arguments.pop(key, []))
             return FunctionCall(
-                call_id=as_str(item.get("call_id")),
-                name=as_str(item.get("name")),
-                arguments=as_str(item.get("arguments")) or streamed,
+                call_id=wire.as_str(item.get("call_id")),
+                name=wire.as_str(item.get("name")),
+                arguments=wire.as_str(item.get("arguments")) or streamed,
             )
         if kind == "reasoning":
             summary = item.get("summary")
-            texts = [as_str(as_object(part).get("text")) for part in summary or []]
+            texts = [wire.as_str(wire.as_object(part).get("text")) for part in summary or []]
             return Reasoning(
                 summary="\n\n".join(text for text in texts if text),
-                encrypted_content=as_str(item.get("encrypted_content")),
+                encrypted_content=wire.as_str(item.get("encrypted_content")),
             )
         return None  # hosted tools and other item types have no Spindle form
 
-    def _completed(self, response: JsonObject) -> Completed:
-        usage = as_object(response.get("usage"))
-        details = as_object(usage.get("input_tokens_details"))
+    def _completed(self, response: wire.JsonObject) -> Completed:
+        usage = wire.as_object(response.get("usage"))
+        details = wire.as_object(usage.get("input_tokens_details"))
         return Completed(
             usage=Usage(
-                input_tokens=as_int(usage.get("input_tokens")),
-                cached_input_tokens=as_int(details.get("cached_tokens")),
-                output_tokens=as_int(usage.get("output_tokens")),
+                input_tokens=wire.as_int(usage.get("input_tokens")),
+                cached_input_tokens=wire.as_int(details.get("cached_tokens")),
+                output_tokens=wire.as_int(usage.get("output_tokens")),
             ),
-            response_id=as_str(response.get("id")) or self._response_id,
+            response_id=wire.as_str(response.get("id")) or self._response_id,
         )
 
 
-def _output_message(item: JsonObject) -> Message:
+def _output_message(item: wire.JsonObject) -> Message:
     texts = []
     for part in item.get("content") or []:
-        part = as_object(part)
+        part = wire.as_object(part)
         if part.get("type") == "output_text":
-            texts.append(as_str(part.get("text")))
+            texts.append(wire.as_str(part.get("text")))
         elif part.get("type") == "refusal":
-            texts.append(as_str(part.get("refusal")))
-    phase = _PHASES.get(as_str(item.get("phase")), Phase.FINAL_ANSWER)
+            texts.append(wire.as_str(part.get("refusal")))
+    phase = _PHASES.get(wire.as_str(item.get("phase")), Phase.FINAL_ANSWER)
     return Message(Role.ASSISTANT, "".join(texts), phase)
 
 
-def _provider_error(error: JsonObject, fallback: str) -> ModelError:
-    message = as_str(error.get("message")) or fallback
-    return ModelError(message, code=error_code_for(error.get("code")))
+def _provider_error(error: wire.JsonObject, fallback: str) -> ModelError:
+    message = wire.as_str(error.get("message")) or fallback
+    return ModelError(message, code=wire.error_code_for(error.get("code")))

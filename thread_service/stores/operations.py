@@ -63,6 +63,25 @@ class Conflict(Exception):
 Script = Generator[Statement, Any, T]
 
 
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A script's end, with what it returned."""
+
+    value: Any
+
+
+def advance(
+    script: Script[Any], result: Any = None, conflict: Conflict | None = None
+) -> Statement | Finished:
+    """Give a script its last statement's result (or throw it the conflict that
+    statement met); its next statement, or how it finished. Both backends
+    drive scripts with this: `advance(script)` starts one."""
+    try:
+        return script.throw(conflict) if conflict is not None else script.send(result)
+    except StopIteration as stop:
+        return Finished(stop.value)
+
+
 def one(sql: str, *params: Any) -> Statement:
     return Statement(sql, params, "one")
 

@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from spindle.errors import StartupError, Unavailable
 from thread_service.stores import schema
-from thread_service.stores.operations import Conflict, Script, Statement, T
+from thread_service.stores.operations import Conflict, Script, Statement, T, advance
 from thread_service.stores.sql_store import SqlStore
 
 # Any constant: the key of the advisory lock that serializes migrations.
@@ -133,18 +133,14 @@ def _sql(text: str) -> str:
 
 async def _drive(conn: Connection, script: Script[T]) -> T:
     """Run each statement the script yields and send back its result."""
-    try:
-        statement = next(script)
-        while True:
-            try:
-                result = await _execute(conn, statement)
-            except psycopg.errors.UniqueViolation as exc:
-                statement = script.throw(Conflict(str(exc)))
-            else:
-                statement = script.send(result)
-    except StopIteration as stop:
-        value: T = stop.value
-        return value
+    step = advance(script)
+    while isinstance(step, Statement):
+        try:
+            step = advance(script, await _execute(conn, step))
+        except psycopg.errors.UniqueViolation as exc:
+            step = advance(script, conflict=Conflict(str(exc)))
+    value: T = step.value
+    return value
 
 
 async def _execute(conn: Connection, statement: Statement) -> Any:

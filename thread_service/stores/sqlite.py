@@ -20,7 +20,7 @@ from typing import Any
 
 from spindle.errors import StartupError
 from thread_service.stores import schema
-from thread_service.stores.operations import Conflict, Script, Statement, T
+from thread_service.stores.operations import Conflict, Script, Statement, T, advance
 from thread_service.stores.sql_store import SqlStore
 
 
@@ -111,20 +111,16 @@ class SQLiteStore(SqlStore):
 
 def _drive(conn: sqlite3.Connection, script: Script[T]) -> T:
     """Run each statement the script yields and send back its result."""
-    try:
-        statement = next(script)
-        while True:
-            try:
-                result = _execute(conn, statement)
-            except sqlite3.IntegrityError as exc:
-                if "UNIQUE" not in str(exc):
-                    raise
-                statement = script.throw(Conflict(str(exc)))
-            else:
-                statement = script.send(result)
-    except StopIteration as stop:
-        value: T = stop.value
-        return value
+    step = advance(script)
+    while isinstance(step, Statement):
+        try:
+            step = advance(script, _execute(conn, step))
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" not in str(exc):
+                raise
+            step = advance(script, conflict=Conflict(str(exc)))
+    value: T = step.value
+    return value
 
 
 def _execute(conn: sqlite3.Connection, statement: Statement) -> Any:
