@@ -7,6 +7,14 @@ import pytest
 
 from tests.harness import LoopThread, Stack, start_stack
 
+pytest_plugins = ["tests.upstream"]  # the `upstream` fixture
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Async tests (marked `anyio`) run on asyncio, as the services do."""
+    return "asyncio"
+
 
 @pytest.fixture(scope="session")
 def loop_thread() -> Iterator[LoopThread]:
@@ -20,6 +28,3 @@ def stack(loop_thread: LoopThread, tmp_path: Path) -> Iterator[Stack]:
     running = start_stack(loop_thread, tmp_path)
     yield running
     running.stop()
-
-
-from tests.upstream import upstream  # noqa: E402, F401  (the `upstream` fixture)
