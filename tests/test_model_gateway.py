@@ -6,7 +6,6 @@ it records failed turns and keeps their input."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,17 +201,14 @@ def test_an_upstream_outage_fails_the_turn_and_keeps_the_input(
     assert [i.message.text for i in history] == ["are you there?"]
 
 
-def test_azure_style_key_header(tmp_path: Path, upstream: UpstreamServer) -> None:
+@pytest.mark.anyio
+async def test_azure_style_key_header(tmp_path: Path, upstream: UpstreamServer) -> None:
     configured = gateway_settings(tmp_path, upstream, 'api_key_header = "api-key"')
     provider = HttpProvider(configured.providers["local"], {"SPINDLE_TEST_KEY": "azure-key-1"})
     upstream.script(text_reply("responses", ["ok"]))
-
-    async def call() -> None:
-        async for _ in provider.stream(convert.request_from_pb(request())):
-            pass
-        await provider.aclose()
-
-    asyncio.run(call())
+    async for _ in provider.stream(convert.request_from_pb(request())):
+        pass
+    await provider.aclose()
     (seen,) = upstream.requests
     assert seen.headers["api-key"] == "azure-key-1"
     assert "authorization" not in seen.headers
