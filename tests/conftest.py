@@ -9,6 +9,9 @@ from tests.harness import LoopThread, Stack, start_stack
 
 pytest_plugins = ["tests.upstream"]  # the `upstream` fixture
 
+# The shared checks in tests/rpc.py explain their failures as a test's asserts do.
+pytest.register_assert_rewrite("tests.rpc")
+
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:

@@ -1,0 +1,50 @@
+"""Calling the services in tests, and checking what they answer: short forms
+for a user message, a thread start and a turn, and the assertions that many
+tests share (a call's status)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from spindle.v1 import common_pb2 as c
+from spindle.v1 import thread_service_pb2 as pb
+from spindle.v1 import thread_service_pb2_grpc as pb_grpc
+
+
+def user(text: str) -> c.Item:
+    return c.Item(message=c.Message(role=c.ROLE_USER, text=text))
+
+
+def start(stub: pb_grpc.ThreadServiceStub, cwd: Path, **kwargs: str) -> pb.Thread:
+    response: pb.StartThreadResponse = stub.StartThread(
+        pb.StartThreadRequest(cwd=str(cwd), **kwargs)
+    )
+    return response.thread
+
+
+def turn(
+    stub: pb_grpc.ThreadServiceStub,
+    thread_id: str,
+    *input_items: c.Item,
+    tools: list[c.Tool] | None = None,
+) -> list[pb.RunTurnResponse]:
+    return list(
+        stub.RunTurn(pb.RunTurnRequest(thread_id=thread_id, input=input_items, tools=tools))
+    )
+
+
+@contextmanager
+def raises_status(
+    code: grpc.StatusCode, *fragments: str
+) -> Iterator[pytest.ExceptionInfo[grpc.RpcError]]:
+    """Expect the block to fail with `code` and a message holding every fragment."""
+    with pytest.raises(grpc.RpcError) as info:
+        yield info
+    assert info.value.code() == code, info.value.details()
+    for fragment in fragments:
+        assert fragment in info.value.details()
