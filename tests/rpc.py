@@ -1,6 +1,6 @@
 """Calling the services in tests, and checking what they answer: short forms
 for a user message, a thread start and a turn, and the assertions that many
-tests share (a call's status)."""
+tests share (a call's status, a failed turn's record)."""
 
 from __future__ import annotations
 
@@ -48,3 +48,30 @@ def raises_status(
     assert info.value.code() == code, info.value.details()
     for fragment in fragments:
         assert fragment in info.value.details()
+
+
+def only_turn(stub: pb_grpc.ThreadServiceStub, thread_id: str) -> pb.Turn:
+    """The thread's one recorded turn; fails if it has none or several."""
+    response: pb.ListTurnsResponse = stub.ListTurns(pb.ListTurnsRequest(thread_id=thread_id))
+    (recorded,) = response.turns
+    return recorded
+
+
+def assert_kept_only_input(
+    stub: pb_grpc.ThreadServiceStub,
+    thread_id: str,
+    text: str,
+    *,
+    status: pb.TurnStatus | None = None,
+    error_code: c.ErrorCode | None = None,
+) -> None:
+    """After a turn that did not complete, the history holds only its input
+    `text`; with `status` or `error_code`, the one turn recorded has them."""
+    if status is not None or error_code is not None:
+        recorded = only_turn(stub, thread_id)
+        if status is not None:
+            assert recorded.status == status
+        if error_code is not None:
+            assert recorded.error.code == error_code
+    items = stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=thread_id)).items
+    assert [i.message.text for i in items] == [text]

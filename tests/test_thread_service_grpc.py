@@ -18,6 +18,8 @@ from spindle.v1 import common_pb2 as c
 from spindle.v1 import thread_service_pb2 as pb
 from tests.harness import Stack, wait_until
 from tests.rpc import (
+    assert_kept_only_input,
+    only_turn,
     raises_status,
     start,
     turn,
@@ -289,11 +291,13 @@ def test_a_failed_model_call_fails_the_turn_and_keeps_the_input(
     root = start(stub, tmp_path)
     with raises_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down"):
         turn(stub, root.id, user("/fail RESOURCE_EXHAUSTED slow down"))
-    (failed,) = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
-    assert failed.status == pb.TURN_STATUS_FAILED
-    assert failed.error.code == c.ERROR_CODE_RESOURCE_EXHAUSTED
-    items = stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=root.id)).items
-    assert [i.message.text for i in items] == ["/fail RESOURCE_EXHAUSTED slow down"]
+    assert_kept_only_input(
+        stub,
+        root.id,
+        "/fail RESOURCE_EXHAUSTED slow down",
+        status=pb.TURN_STATUS_FAILED,
+        error_code=c.ERROR_CODE_RESOURCE_EXHAUSTED,
+    )
 
 
 def test_interrupt_turn_records_an_interrupted_turn(stack: Stack, tmp_path: Path) -> None:
@@ -311,7 +315,7 @@ def test_interrupt_turn_records_an_interrupted_turn(stack: Stack, tmp_path: Path
     reader.join(10)
     assert interrupted == events[0].turn_started.turn_id
     assert events[-1].turn_completed.status == pb.TURN_STATUS_INTERRUPTED
-    (record,) = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
+    record = only_turn(stub, root.id)
     assert record.status == pb.TURN_STATUS_INTERRUPTED
     assert "InterruptTurn" in record.error.message
     # The thread takes turns again.
@@ -330,8 +334,7 @@ def test_a_client_cancelling_the_call_interrupts_the_turn(stack: Stack, tmp_path
         return bool(turns[0].status == pb.TURN_STATUS_INTERRUPTED)
 
     wait_until(recorded)
-    items = stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=root.id)).items
-    assert [i.message.text for i in items] == ["/slow 30 x y z"]
+    assert_kept_only_input(stub, root.id, "/slow 30 x y z")
 
 
 def test_list_turns_pages(stack: Stack, tmp_path: Path) -> None:
@@ -372,7 +375,7 @@ def test_an_unreachable_model_service_is_unavailable(stack: Stack, tmp_path: Pat
     stack.loop.run(stack.servers[0].stop(0))  # the model-service goes away
     with raises_status(grpc.StatusCode.UNAVAILABLE):
         turn(stub, root.id, user("anyone?"))
-    (record,) = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
+    record = only_turn(stub, root.id)
     assert record.status == pb.TURN_STATUS_FAILED
 
 
@@ -412,7 +415,7 @@ def test_a_turn_in_flight_at_shutdown_is_recorded_interrupted(
         list(stream)
     restarted = start_stack(loop_thread, tmp_path)
     try:
-        (record,) = restarted.threads.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
+        record = only_turn(restarted.threads, root.id)
         assert record.status == pb.TURN_STATUS_INTERRUPTED
         assert "shutting down" in record.error.message
     finally:
@@ -431,7 +434,7 @@ def test_a_turn_past_its_deadline_is_interrupted_and_recorded(stack: Stack, tmp_
         return bool(turns and turns[0].status == pb.TURN_STATUS_INTERRUPTED)
 
     wait_until(recorded)
-    (record,) = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
+    record = only_turn(stub, root.id)
     assert record.error.message == "the call's deadline passed"
 
 
@@ -495,7 +498,7 @@ def test_every_failure_code_can_be_listed_back(stack: Stack, tmp_path: Path) -> 
     root = start(stub, tmp_path)
     with raises_status(grpc.StatusCode.ALREADY_EXISTS):
         turn(stub, root.id, user("/fail ALREADY_EXISTS duplicate"))
-    (failed,) = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
+    failed = only_turn(stub, root.id)
     assert failed.error.code == c.ERROR_CODE_ALREADY_EXISTS
 
 
