@@ -1,6 +1,6 @@
 """Calling the services in tests, and checking what they answer: short forms
-for a user message, a thread start and a turn, and the assertions that many
-tests share (a call's status, a failed turn's record)."""
+for a user message, a thread start, a fork request and a turn, and the
+assertions that many tests share (a call's status, a failed turn's record)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,15 @@ def start(stub: pb_grpc.ThreadServiceStub, cwd: Path, **kwargs: str) -> pb.Threa
         pb.StartThreadRequest(cwd=str(cwd), **kwargs)
     )
     return response.thread
+
+
+def fork(parent_id: str, call_id: str = "call_1", **kwargs: object) -> pb.SpawnThreadRequest:
+    """A SpawnThread request that forks `parent_id` for the spawn call `call_id`."""
+    return pb.SpawnThreadRequest(
+        parent_id=parent_id,
+        fork=pb.ForkOptions(parent_spawn_call_id=call_id),
+        **kwargs,  # type: ignore[arg-type]
+    )
 
 
 def turn(

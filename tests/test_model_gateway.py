@@ -21,7 +21,7 @@ from spindle.v1 import common_pb2 as c
 from spindle.v1 import model_service_pb2 as mpb
 from spindle.v1 import thread_service_pb2 as tpb
 from tests.harness import LoopThread, Stack, start_stack, wait_until
-from tests.rpc import assert_kept_only_input, raises_status, start, turn, user
+from tests.rpc import assert_kept_only_input, fork, raises_status, start, turn, user
 from tests.upstream import (
     Reply,
     UpstreamServer,
@@ -164,11 +164,7 @@ def test_thread_turns_through_the_provider_carry_the_inherited_key(
     root = start(stub, tmp_path, model="gpt-test")
     text = user("question")
     turn(stub, root.id, text)
-    child = stub.SpawnThread(
-        tpb.SpawnThreadRequest(
-            parent_id=root.id, fork=tpb.ForkOptions(parent_spawn_call_id="call_1")
-        )
-    ).thread
+    child = stub.SpawnThread(fork(root.id, "call_1")).thread
     events = turn(stub, child.id, text)
     assert events[-1].turn_completed.status == tpb.TURN_STATUS_COMPLETED
     parent_call, child_call = upstream.requests

@@ -16,9 +16,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from spindle.v1 import common_pb2 as c
 from spindle.v1 import thread_service_pb2 as pb
-from tests.harness import Stack, wait_until
+from tests.harness import LoopThread, Stack, start_stack, wait_until
 from tests.rpc import (
     assert_kept_only_input,
+    fork,
     only_turn,
     raises_status,
     start,
@@ -28,14 +29,6 @@ from tests.rpc import (
 from thread_service.servicer import WARNING_METADATA_KEY, WARNING_METADATA_MAX_BYTES
 
 MISSING = "00000000-0000-4000-8000-000000000000"
-
-
-def fork(parent_id: str, call_id: str = "call_1", **kwargs: object) -> pb.SpawnThreadRequest:
-    return pb.SpawnThreadRequest(
-        parent_id=parent_id,
-        fork=pb.ForkOptions(parent_spawn_call_id=call_id),
-        **kwargs,  # type: ignore[arg-type]
-    )
 
 
 def test_start_thread_returns_a_root_thread(stack: Stack, tmp_path: Path) -> None:
@@ -81,10 +74,7 @@ def test_spawn_fresh_and_fork(stack: Stack, tmp_path: Path) -> None:
     assert grandchild.prompt_cache_key == root.id and grandchild.depth == 2
 
 
-def test_spawn_errors(loop_thread: object, tmp_path: Path) -> None:
-    from tests.harness import LoopThread, start_stack
-
-    assert isinstance(loop_thread, LoopThread)
+def test_spawn_errors(loop_thread: LoopThread, tmp_path: Path) -> None:
     stack = start_stack(loop_thread, tmp_path, max_spawn_depth=1)
     try:
         stub = stack.threads
@@ -398,11 +388,8 @@ def test_health_and_reflection(stack: Stack) -> None:
 
 
 def test_a_turn_in_flight_at_shutdown_is_recorded_interrupted(
-    loop_thread: object, tmp_path: Path
+    loop_thread: LoopThread, tmp_path: Path
 ) -> None:
-    from tests.harness import LoopThread, start_stack
-
-    assert isinstance(loop_thread, LoopThread)
     stack = start_stack(loop_thread, tmp_path)
     stub = stack.threads
     root = start(stub, tmp_path)
