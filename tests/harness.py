@@ -161,6 +161,24 @@ class ServiceProcess:
         return code
 
 
+def thread_process(
+    model: ServiceProcess, data_dir: Path, config_home: Path, *args: str
+) -> ServiceProcess:
+    """A thread-service process that calls `model`."""
+    return ServiceProcess(
+        "thread_service",
+        [
+            "--model-service",
+            model.address,
+            "--data-dir",
+            str(data_dir),
+            "--config-home",
+            str(config_home),
+            *args,
+        ],
+    )
+
+
 @contextmanager
 def service_pair(
     tmp: Path, extra_thread_args: list[str] | None = None
@@ -168,18 +186,7 @@ def service_pair(
     model = ServiceProcess("model_service", ["--config-home", str(tmp / "model-home")])
     thread = None
     try:
-        thread = ServiceProcess(
-            "thread_service",
-            [
-                "--model-service",
-                model.address,
-                "--data-dir",
-                str(tmp / "data"),
-                "--config-home",
-                str(tmp / "home"),
-                *(extra_thread_args or []),
-            ],
-        )
+        thread = thread_process(model, tmp / "data", tmp / "home", *(extra_thread_args or []))
         _ = thread.port
         yield model, thread
     finally:
