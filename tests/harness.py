@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-import pytest
 
 from model_service.app import build as build_model_service
 from model_service.settings import ModelServiceSettings
@@ -162,6 +161,24 @@ class ServiceProcess:
         return code
 
 
+def thread_process(
+    model: ServiceProcess, data_dir: Path, config_home: Path, *args: str
+) -> ServiceProcess:
+    """A thread-service process that calls `model`."""
+    return ServiceProcess(
+        "thread_service",
+        [
+            "--model-service",
+            model.address,
+            "--data-dir",
+            str(data_dir),
+            "--config-home",
+            str(config_home),
+            *args,
+        ],
+    )
+
+
 @contextmanager
 def service_pair(
     tmp: Path, extra_thread_args: list[str] | None = None
@@ -169,34 +186,13 @@ def service_pair(
     model = ServiceProcess("model_service", ["--config-home", str(tmp / "model-home")])
     thread = None
     try:
-        thread = ServiceProcess(
-            "thread_service",
-            [
-                "--model-service",
-                model.address,
-                "--data-dir",
-                str(tmp / "data"),
-                "--config-home",
-                str(tmp / "home"),
-                *(extra_thread_args or []),
-            ],
-        )
+        thread = thread_process(model, tmp / "data", tmp / "home", *(extra_thread_args or []))
         _ = thread.port
         yield model, thread
     finally:
         if thread is not None:
             thread.stop()
         model.stop()
-
-
-@contextmanager
-def raises_status(code: grpc.StatusCode, *fragments: str) -> Iterator[Any]:
-    """Expect the block to fail with `code` and a message holding every fragment."""
-    with pytest.raises(grpc.RpcError) as info:
-        yield info
-    assert info.value.code() == code, info.value.details()
-    for fragment in fragments:
-        assert fragment in info.value.details()
 
 
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> None:

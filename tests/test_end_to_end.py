@@ -10,10 +10,10 @@ from pathlib import Path
 
 import grpc
 
-from spindle.v1 import common_pb2 as c
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
 from tests.harness import ServiceProcess, service_pair, wait_until
+from tests.rpc import fork, user
 
 _REQUEST = re.compile(
     r"generate thread_id=(\S+) window_id=(\S+) prompt_cache_key=(\S+) sub_agent_kind=(\S+)"
@@ -26,9 +26,7 @@ def requests_seen(model: ServiceProcess) -> list[tuple[str, str, str, str]]:
 
 
 def run_turn(stub: pb_grpc.ThreadServiceStub, thread_id: str, text: str) -> pb.TurnCompleted:
-    request = pb.RunTurnRequest(
-        thread_id=thread_id, input=[c.Item(message=c.Message(role=c.ROLE_USER, text=text))]
-    )
+    request = pb.RunTurnRequest(thread_id=thread_id, input=[user(text)])
     events: list[pb.RunTurnResponse] = list(stub.RunTurn(request, timeout=30))
     return events[-1].turn_completed
 
@@ -46,20 +44,16 @@ def test_keys_follow_inheritance_across_a_restart_of_both_services(
             ).thread
             run_turn(stub, fresh.id, "fresh turn")
             forked = stub.SpawnThread(
-                pb.SpawnThreadRequest(
-                    parent_id=root.id,
+                fork(
+                    root.id,
+                    "call_7",
                     sub_agent_kind="review",
                     agent_nickname="Fay",
                     agent_role="reviewer",
-                    fork=pb.ForkOptions(parent_spawn_call_id="call_7"),
                 )
             ).thread
             run_turn(stub, forked.id, "fork turn")
-            fork_of_fork = stub.SpawnThread(
-                pb.SpawnThreadRequest(
-                    parent_id=forked.id, fork=pb.ForkOptions(parent_spawn_call_id="call_8")
-                )
-            ).thread
+            fork_of_fork = stub.SpawnThread(fork(forked.id, "call_8")).thread
             run_turn(stub, fork_of_fork.id, "deeper fork turn")
         wait_until(lambda: len(requests_seen(model)) == 4)
         assert requests_seen(model) == [
@@ -77,11 +71,7 @@ def test_keys_follow_inheritance_across_a_restart_of_both_services(
         with grpc.insecure_channel(thread.address) as channel:
             stub = pb_grpc.ThreadServiceStub(channel)
             # A fork made after the restart still inherits the stored key.
-            late = stub.SpawnThread(
-                pb.SpawnThreadRequest(
-                    parent_id=forked.id, fork=pb.ForkOptions(parent_spawn_call_id="call_9")
-                )
-            ).thread
+            late = stub.SpawnThread(fork(forked.id, "call_9")).thread
             assert late.prompt_cache_key == root.id
             resumed = stub.ResumeThread(pb.ResumeThreadRequest(thread_id=forked.id))
             assert resumed.thread.prompt_cache_key == forked.id

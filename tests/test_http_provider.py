@@ -45,6 +45,9 @@ from tests.upstream import (
     tool_call_reply,
 )
 
+# Most tests here are async; the mark leaves the few plain ones as they are.
+pytestmark = pytest.mark.anyio
+
 KEY_ENV = "SPINDLE_TEST_PROVIDER_KEY"
 KEY = "sk-test-Zq8Yx7Wv6Ut5"
 ENV = {KEY_ENV: KEY}
@@ -106,34 +109,31 @@ async def consume(
     return events, None
 
 
-def run(
+async def run(
     provider_settings: ProviderSettings,
     request: ModelRequest = REQUEST,
     environ: dict[str, str] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> tuple[list[ModelEvent], ModelError | None]:
-    async def main() -> tuple[list[ModelEvent], ModelError | None]:
-        provider = HttpProvider(provider_settings, ENV if environ is None else environ, transport)
-        try:
-            return await consume(provider, request)
-        finally:
-            await provider.aclose()
-
-    return asyncio.run(main())
+    provider = HttpProvider(provider_settings, ENV if environ is None else environ, transport)
+    try:
+        return await consume(provider, request)
+    finally:
+        await provider.aclose()
 
 
-def collect(
+async def collect(
     provider_settings: ProviderSettings, request: ModelRequest = REQUEST
 ) -> list[ModelEvent]:
-    events, error = run(provider_settings, request)
+    events, error = await run(provider_settings, request)
     assert error is None, error
     return events
 
 
-def fail(
+async def fail(
     provider_settings: ProviderSettings, request: ModelRequest = REQUEST, **kwargs: Any
 ) -> tuple[list[ModelEvent], ModelError]:
-    events, error = run(provider_settings, request, **kwargs)
+    events, error = await run(provider_settings, request, **kwargs)
     assert error is not None, events
     return events, error
 
@@ -142,22 +142,22 @@ def fail(
 
 
 @pytest.mark.parametrize("wire_api", WIRES)
-def test_streams_text_then_item_then_usage(server: UpstreamServer, wire_api: str) -> None:
+async def test_streams_text_then_item_then_usage(server: UpstreamServer, wire_api: str) -> None:
     server.script(hello(wire_api))
-    assert collect(settings(server, wire_api)) == HELLO
+    assert await collect(settings(server, wire_api)) == HELLO
 
 
 @pytest.mark.parametrize("wire_api", WIRES)
-def test_tool_call_arguments_are_assembled(server: UpstreamServer, wire_api: str) -> None:
+async def test_tool_call_arguments_are_assembled(server: UpstreamServer, wire_api: str) -> None:
     parts = ['{"path": ', '"a.txt", ', '"limit": 3}']
     server.script(tool_call_reply(wire_api, "read_file", parts, arguments_in_done=False))
-    assert collect(settings(server, wire_api)) == [
+    assert await collect(settings(server, wire_api)) == [
         ItemDone(FunctionCall("call_1", "read_file", '{"path": "a.txt", "limit": 3}')),
         Completed(Usage(20, 0, 7), "resp_tool"),
     ]
 
 
-def test_responses_wire_reads_reasoning_phase_and_skips_unknown_events(
+async def test_responses_wire_reads_reasoning_phase_and_skips_unknown_events(
     server: UpstreamServer,
 ) -> None:
     reasoning = {
@@ -195,14 +195,14 @@ def test_responses_wire_reads_reasoning_phase_and_skips_unknown_events(
         responses_completed("resp_9", Usage(5, 0, 2)),
     )
     server.script(Reply(events=events))
-    assert collect(settings(server)) == [
+    assert await collect(settings(server)) == [
         ItemDone(Reasoning("First.\n\nThen.", "gAAAA-opaque")),
         ItemDone(Message(Role.ASSISTANT, "Looking.", Phase.COMMENTARY)),
         Completed(Usage(5, 0, 2), "resp_9"),
     ]
 
 
-def test_responses_wire_refusal_streams_as_text(server: UpstreamServer) -> None:
+async def test_responses_wire_refusal_streams_as_text(server: UpstreamServer) -> None:
     refusal = {"type": "refusal", "refusal": "I can't help with that."}
     message = {"type": "message", "id": "msg_1", "role": "assistant", "content": [refusal]}
     events = (
@@ -211,14 +211,14 @@ def test_responses_wire_refusal_streams_as_text(server: UpstreamServer) -> None:
         responses_completed("resp_r", Usage(5, 0, 6)),
     )
     server.script(Reply(events=events))
-    assert collect(settings(server)) == [
+    assert await collect(settings(server)) == [
         TextDelta("I can't help with that."),
         ItemDone(Message(Role.ASSISTANT, "I can't help with that.", Phase.FINAL_ANSWER)),
         Completed(Usage(5, 0, 6), "resp_r"),
     ]
 
 
-def test_chat_wire_text_with_tool_calls_is_commentary(server: UpstreamServer) -> None:
+async def test_chat_wire_text_with_tool_calls_is_commentary(server: UpstreamServer) -> None:
     def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
         return sse(
             {"id": "c1", "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
@@ -245,7 +245,7 @@ def test_chat_wire_text_with_tool_calls_is_commentary(server: UpstreamServer) ->
         sse("[DONE]"),  # a server that ignores stream_options sends no usage
     )
     server.script(Reply(events=events))
-    assert collect(settings(server, "chat")) == [
+    assert await collect(settings(server, "chat")) == [
         TextDelta("Let me look."),
         ItemDone(Message(Role.ASSISTANT, "Let me look.", Phase.COMMENTARY)),
         ItemDone(FunctionCall("call_a", "a", '{"x": 1}')),
@@ -255,18 +255,14 @@ def test_chat_wire_text_with_tool_calls_is_commentary(server: UpstreamServer) ->
 
 
 @pytest.mark.parametrize("wire_api", WIRES)
-def test_connection_is_reused_between_calls(server: UpstreamServer, wire_api: str) -> None:
+async def test_connection_is_reused_between_calls(server: UpstreamServer, wire_api: str) -> None:
     server.script(hello(wire_api), hello(wire_api))
-
-    async def main() -> None:
-        provider = HttpProvider(settings(server, wire_api), ENV)
-        try:
-            for _ in range(2):
-                assert await consume(provider, REQUEST) == (HELLO, None)
-        finally:
-            await provider.aclose()
-
-    asyncio.run(main())
+    provider = HttpProvider(settings(server, wire_api), ENV)
+    try:
+        for _ in range(2):
+            assert await consume(provider, REQUEST) == (HELLO, None)
+    finally:
+        await provider.aclose()
     assert server.connections == 1
 
 
@@ -274,12 +270,12 @@ def test_connection_is_reused_between_calls(server: UpstreamServer, wire_api: st
 
 
 @pytest.mark.parametrize("wire_api", WIRES)
-def test_prompt_cache_key_and_identity_headers_arrive(
+async def test_prompt_cache_key_and_identity_headers_arrive(
     server: UpstreamServer, wire_api: str
 ) -> None:
     server.script(hello(wire_api), hello(wire_api))
-    collect(settings(server, wire_api), dataclasses.replace(REQUEST, sub_agent_kind="review"))
-    collect(settings(server, wire_api))
+    await collect(settings(server, wire_api), dataclasses.replace(REQUEST, sub_agent_kind="review"))
+    await collect(settings(server, wire_api))
     sub_agent, root = server.requests
     path = "/v1/responses" if wire_api == "responses" else "/v1/chat/completions"
     assert (sub_agent.method, sub_agent.path) == ("POST", path)
@@ -297,9 +293,9 @@ def test_prompt_cache_key_and_identity_headers_arrive(
     assert "x-openai-subagent" not in root.headers
 
 
-def test_query_params_and_extra_headers_arrive(server: UpstreamServer) -> None:
+async def test_query_params_and_extra_headers_arrive(server: UpstreamServer) -> None:
     server.script(hello("responses"))
-    collect(
+    await collect(
         settings(
             server,
             query_params={"api-version": "2025-04-01-preview"},
@@ -312,9 +308,9 @@ def test_query_params_and_extra_headers_arrive(server: UpstreamServer) -> None:
     assert request.headers["session_id"] == "thread-1"
 
 
-def test_no_authorization_without_api_key_env(server: UpstreamServer) -> None:
+async def test_no_authorization_without_api_key_env(server: UpstreamServer) -> None:
     server.script(hello("responses"))
-    collect(settings(server, api_key_env=""))
+    await collect(settings(server, api_key_env=""))
     assert "authorization" not in server.requests[0].headers
 
 
@@ -350,9 +346,9 @@ READ_FILE_SCHEMA = {"type": "object", "properties": {"path": {"type": "string"}}
 EMPTY_SCHEMA = {"type": "object", "properties": {}}
 
 
-def test_responses_wire_request_mapping(server: UpstreamServer) -> None:
+async def test_responses_wire_request_mapping(server: UpstreamServer) -> None:
     server.script(hello("responses"))
-    collect(settings(server), HISTORY)
+    await collect(settings(server), HISTORY)
     body = server.requests[0].body
 
     def message(role: str, text: str, **extra: str) -> dict[str, Any]:
@@ -393,14 +389,14 @@ def test_responses_wire_request_mapping(server: UpstreamServer) -> None:
     ]
 
 
-def test_chat_wire_request_mapping(server: UpstreamServer) -> None:
+async def test_chat_wire_request_mapping(server: UpstreamServer) -> None:
     server.script(hello("chat"))
     without_encrypted = tuple(
         item
         for item in HISTORY.input
         if not (isinstance(item, Reasoning) and item.encrypted_content)
     )
-    collect(settings(server, "chat"), dataclasses.replace(HISTORY, input=without_encrypted))
+    await collect(settings(server, "chat"), dataclasses.replace(HISTORY, input=without_encrypted))
     body = server.requests[0].body
 
     def call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
@@ -440,17 +436,17 @@ def test_chat_wire_request_mapping(server: UpstreamServer) -> None:
     ]
 
 
-def test_chat_wire_refuses_encrypted_reasoning(server: UpstreamServer) -> None:
-    _, error = fail(settings(server, "chat"), HISTORY)
+async def test_chat_wire_refuses_encrypted_reasoning(server: UpstreamServer) -> None:
+    _, error = await fail(settings(server, "chat"), HISTORY)
     assert error.code is ErrorCode.INVALID_ARGUMENT
     assert "encrypted content" in error.message
     assert server.requests == []
 
 
 @pytest.mark.parametrize("schema", ["{not json", "[1, 2]"])
-def test_invalid_tool_schema_is_refused(server: UpstreamServer, schema: str) -> None:
+async def test_invalid_tool_schema_is_refused(server: UpstreamServer, schema: str) -> None:
     request = dataclasses.replace(REQUEST, tools=(Tool("broken", "", schema),))
-    _, error = fail(settings(server), request)
+    _, error = await fail(settings(server), request)
     assert error.code is ErrorCode.INVALID_ARGUMENT
     assert "'broken'" in error.message
     assert server.requests == []
@@ -460,62 +456,64 @@ def test_invalid_tool_schema_is_refused(server: UpstreamServer, schema: str) -> 
 
 
 @pytest.mark.parametrize("wire_api", WIRES)
-def test_429_waits_for_retry_after_then_succeeds(server: UpstreamServer, wire_api: str) -> None:
+async def test_429_waits_for_retry_after_then_succeeds(
+    server: UpstreamServer, wire_api: str
+) -> None:
     server.script(error_reply(429, "Rate limit reached", retry_after="0.3"), hello(wire_api))
-    assert collect(settings(server, wire_api)) == HELLO
+    assert await collect(settings(server, wire_api)) == HELLO
     first, second = server.requests
     assert second.received_at - first.received_at >= 0.29
 
 
-def test_500_then_success(server: UpstreamServer) -> None:
+async def test_500_then_success(server: UpstreamServer) -> None:
     server.script(error_reply(500, "boom"), error_reply(502, "bad gateway"), hello("responses"))
-    assert collect(settings(server)) == HELLO
+    assert await collect(settings(server)) == HELLO
     assert len(server.requests) == 3
 
 
 @pytest.mark.parametrize(
     ("status", "code"), [(503, ErrorCode.UNAVAILABLE), (429, ErrorCode.RESOURCE_EXHAUSTED)]
 )
-def test_retries_exhausted(server: UpstreamServer, status: int, code: ErrorCode) -> None:
+async def test_retries_exhausted(server: UpstreamServer, status: int, code: ErrorCode) -> None:
     server.script(*[error_reply(status, "try later")] * 3, hello("responses"))
-    _, error = fail(settings(server, max_retries=2))
+    _, error = await fail(settings(server, max_retries=2))
     assert error.code is code
     assert error.message == f"provider 'test': HTTP {status}: try later"
     assert len(server.requests) == 3
 
 
-def test_retry_after_beyond_backoff_max_fails_at_once(server: UpstreamServer) -> None:
+async def test_retry_after_beyond_backoff_max_fails_at_once(server: UpstreamServer) -> None:
     server.script(error_reply(429, "Rate limit reached", retry_after="30"), hello("responses"))
     started = time.monotonic()
-    _, error = fail(settings(server, backoff_max=1.0))
+    _, error = await fail(settings(server, backoff_max=1.0))
     assert time.monotonic() - started < 1.0
     assert error.code is ErrorCode.RESOURCE_EXHAUSTED
     assert len(server.requests) == 1
 
 
-def test_insufficient_quota_is_not_retried(server: UpstreamServer) -> None:
+async def test_insufficient_quota_is_not_retried(server: UpstreamServer) -> None:
     server.script(error_reply(429, "You exceeded your current quota", code="insufficient_quota"))
-    _, error = fail(settings(server))
+    _, error = await fail(settings(server))
     assert error.code is ErrorCode.RESOURCE_EXHAUSTED
     assert len(server.requests) == 1
 
 
-def test_connection_refused_is_unavailable_after_retries() -> None:
+async def test_connection_refused_is_unavailable_after_retries() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     refused = ProviderSettings(
         name="down", base_url=f"http://127.0.0.1:{port}/v1", max_retries=2, backoff_initial=0.01
     )
-    _, error = fail(refused)
+    _, error = await fail(refused)
     assert error.code is ErrorCode.UNAVAILABLE
     assert error.message.startswith("provider 'down': connection failed")
 
 
-def test_cut_before_the_first_event_is_retried(server: UpstreamServer) -> None:
+async def test_cut_before_the_first_event_is_retried(server: UpstreamServer) -> None:
     # response.created and response.in_progress yield nothing to the caller.
     server.script(hello("responses", cut_after=2), hello("responses"))
-    assert collect(settings(server)) == HELLO
+    assert await collect(settings(server)) == HELLO
     assert len(server.requests) == 2
 
 
@@ -523,26 +521,28 @@ def test_cut_before_the_first_event_is_retried(server: UpstreamServer) -> None:
 
 
 @pytest.mark.parametrize("wire_api", WIRES)
-def test_stream_cut_after_events_fails_and_is_not_retried(
+async def test_stream_cut_after_events_fails_and_is_not_retried(
     server: UpstreamServer, wire_api: str
 ) -> None:
     server.script(
         hello(wire_api, cut_after=EVENTS_BEFORE_FIRST_DELTA[wire_api] + 1), hello(wire_api)
     )
-    events, error = fail(settings(server, wire_api))
+    events, error = await fail(settings(server, wire_api))
     assert events == [TextDelta("Hel")]
     assert error.code is ErrorCode.UNAVAILABLE
     assert len(server.requests) == 1
 
 
 @pytest.mark.parametrize("wire_api", WIRES)
-def test_stream_ending_without_completion_fails(server: UpstreamServer, wire_api: str) -> None:
+async def test_stream_ending_without_completion_fails(
+    server: UpstreamServer, wire_api: str
+) -> None:
     reply = hello(wire_api)
     # Drop response.completed, or the usage chunk and [DONE].
     server.script(
         dataclasses.replace(reply, events=reply.events[: -1 if wire_api == "responses" else -2])
     )
-    events, error = fail(settings(server, wire_api))
+    events, error = await fail(settings(server, wire_api))
     assert events[:2] == [TextDelta("Hel"), TextDelta("lo")]
     assert not any(isinstance(event, Completed) for event in events)
     assert error.code is ErrorCode.UNAVAILABLE
@@ -551,10 +551,10 @@ def test_stream_ending_without_completion_fails(server: UpstreamServer, wire_api
 
 
 @pytest.mark.parametrize("wire_api", WIRES)
-def test_stalled_stream_hits_idle_timeout(server: UpstreamServer, wire_api: str) -> None:
+async def test_stalled_stream_hits_idle_timeout(server: UpstreamServer, wire_api: str) -> None:
     server.script(hello(wire_api, stall_after=EVENTS_BEFORE_FIRST_DELTA[wire_api] + 1))
     started = time.monotonic()
-    events, error = fail(settings(server, wire_api, idle_timeout=0.3))
+    events, error = await fail(settings(server, wire_api, idle_timeout=0.3))
     elapsed = time.monotonic() - started
     assert events == [TextDelta("Hel")]
     assert error.code is ErrorCode.DEADLINE_EXCEEDED
@@ -564,14 +564,16 @@ def test_stalled_stream_hits_idle_timeout(server: UpstreamServer, wire_api: str)
     assert len(server.requests) == 1
 
 
-def test_slow_first_byte_within_read_timeout_succeeds(server: UpstreamServer) -> None:
+async def test_slow_first_byte_within_read_timeout_succeeds(server: UpstreamServer) -> None:
     server.script(hello("responses", first_byte_delay=0.4, event_delay=0.05))
-    assert collect(settings(server, read_timeout=2.0, idle_timeout=0.5)) == HELLO
+    assert await collect(settings(server, read_timeout=2.0, idle_timeout=0.5)) == HELLO
 
 
-def test_first_byte_later_than_read_timeout_is_deadline_exceeded(server: UpstreamServer) -> None:
+async def test_first_byte_later_than_read_timeout_is_deadline_exceeded(
+    server: UpstreamServer,
+) -> None:
     server.script(hello("responses", first_byte_delay=1.0), hello("responses"))
-    _, error = fail(settings(server, read_timeout=0.3))
+    _, error = await fail(settings(server, read_timeout=0.3))
     assert error.code is ErrorCode.DEADLINE_EXCEEDED
     assert len(server.requests) == 1
 
@@ -634,11 +636,11 @@ FAILURES = [
 
 
 @pytest.mark.parametrize(("wire_api", "event", "code", "message"), FAILURES)
-def test_failure_events_raise_with_provider_message(
+async def test_failure_events_raise_with_provider_message(
     server: UpstreamServer, wire_api: str, event: str, code: ErrorCode, message: str
 ) -> None:
     server.script(Reply(events=(event,)))
-    _, error = fail(settings(server, wire_api))
+    _, error = await fail(settings(server, wire_api))
     assert error.code is code
     assert error.message == f"provider 'test': {message}"
     assert len(server.requests) == 1
@@ -657,11 +659,11 @@ def test_failure_events_raise_with_provider_message(
         (422, ErrorCode.INVALID_ARGUMENT),
     ],
 )
-def test_error_status_maps_to_code_with_provider_message(
+async def test_error_status_maps_to_code_with_provider_message(
     server: UpstreamServer, status: int, code: ErrorCode
 ) -> None:
     server.script(error_reply(status, "The model `gpt-test` is not what you want."))
-    _, error = fail(settings(server))
+    _, error = await fail(settings(server))
     assert error.code is code
     assert (
         error.message
@@ -670,25 +672,27 @@ def test_error_status_maps_to_code_with_provider_message(
     assert len(server.requests) == 1
 
 
-def test_json_answer_to_a_streamed_request_is_failed_precondition(server: UpstreamServer) -> None:
+async def test_json_answer_to_a_streamed_request_is_failed_precondition(
+    server: UpstreamServer,
+) -> None:
     json_answer = Reply(headers=(("content-type", "application/json"),), body=b'{"id": "resp"}')
     server.script(json_answer, hello("responses"))
-    _, error = fail(settings(server))
+    _, error = await fail(settings(server))
     assert error.code is ErrorCode.FAILED_PRECONDITION
     assert "event stream" in error.message
     assert len(server.requests) == 1
 
 
-def test_plain_text_error_body_is_the_message(server: UpstreamServer) -> None:
+async def test_plain_text_error_body_is_the_message(server: UpstreamServer) -> None:
     server.script(Reply(status=404, body=b"no such route\n"))
-    _, error = fail(settings(server))
+    _, error = await fail(settings(server))
     assert error.message == "provider 'test': HTTP 404: no such route"
 
 
 # Secrets
 
 
-def test_api_key_is_never_in_errors_or_logs(
+async def test_api_key_is_never_in_errors_or_logs(
     server: UpstreamServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -696,7 +700,7 @@ def test_api_key_is_never_in_errors_or_logs(
         error_reply(429, f"Rate limited for key {KEY}", retry_after="0"),
         error_reply(401, f"Incorrect API key provided: {KEY}."),
     )
-    _, error = fail(settings(server))
+    _, error = await fail(settings(server))
     assert server.requests[0].headers["authorization"] == f"Bearer {KEY}"
     assert error.code is ErrorCode.UNAUTHENTICATED
     assert error.message == "provider 'test': HTTP 401: Incorrect API key provided: [redacted]."
@@ -705,8 +709,8 @@ def test_api_key_is_never_in_errors_or_logs(
     assert KEY not in caplog.text
 
 
-def test_missing_api_key_is_failed_precondition(server: UpstreamServer) -> None:
-    _, error = fail(settings(server), environ={})
+async def test_missing_api_key_is_failed_precondition(server: UpstreamServer) -> None:
+    _, error = await fail(settings(server), environ={})
     assert error.code is ErrorCode.FAILED_PRECONDITION
     assert KEY_ENV in error.message
     assert server.requests == []
@@ -716,54 +720,46 @@ def test_missing_api_key_is_failed_precondition(server: UpstreamServer) -> None:
 
 
 @pytest.mark.parametrize("wire_api", WIRES)
-def test_cancelled_consumer_closes_upstream_connection(
+async def test_cancelled_consumer_closes_upstream_connection(
     server: UpstreamServer, wire_api: str
 ) -> None:
     server.script(hello(wire_api, stall_after=EVENTS_BEFORE_FIRST_DELTA[wire_api] + 1))
+    provider = HttpProvider(settings(server, wire_api, idle_timeout=30.0, read_timeout=30.0), ENV)
+    first_event = asyncio.Event()
 
-    async def main() -> float:
-        provider = HttpProvider(
-            settings(server, wire_api, idle_timeout=30.0, read_timeout=30.0), ENV
-        )
-        first_event = asyncio.Event()
+    async def consumer() -> None:
+        async for _ in provider.stream(REQUEST):
+            first_event.set()
 
-        async def consumer() -> None:
-            async for _ in provider.stream(REQUEST):
-                first_event.set()
-
-        task = asyncio.create_task(consumer())
-        await asyncio.wait_for(first_event.wait(), 2.0)
-        cancelled_at = time.monotonic()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        noticed = await asyncio.to_thread(server.requests[0].disconnected.wait, 2.0)
-        assert noticed
-        await provider.aclose()
-        return time.monotonic() - cancelled_at
-
-    assert asyncio.run(main()) < 0.5
+    task = asyncio.create_task(consumer())
+    await asyncio.wait_for(first_event.wait(), 2.0)
+    cancelled_at = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    noticed = await asyncio.to_thread(server.requests[0].disconnected.wait, 2.0)
+    assert noticed
+    await provider.aclose()
+    assert time.monotonic() - cancelled_at < 0.5
 
 
-def test_consumer_that_stops_iterating_closes_upstream_connection(server: UpstreamServer) -> None:
+async def test_consumer_that_stops_iterating_closes_upstream_connection(
+    server: UpstreamServer,
+) -> None:
     server.script(hello("responses", stall_after=EVENTS_BEFORE_FIRST_DELTA["responses"] + 1))
-
-    async def main() -> None:
-        provider = HttpProvider(settings(server, idle_timeout=30.0, read_timeout=30.0), ENV)
-        stream = provider.stream(REQUEST)
-        assert await anext(stream) == TextDelta("Hel")
-        await stream.aclose()
-        noticed = await asyncio.to_thread(server.requests[0].disconnected.wait, 0.5)
-        assert noticed
-        await provider.aclose()
-
-    asyncio.run(main())
+    provider = HttpProvider(settings(server, idle_timeout=30.0, read_timeout=30.0), ENV)
+    stream = provider.stream(REQUEST)
+    assert await anext(stream) == TextDelta("Hel")
+    await stream.aclose()
+    noticed = await asyncio.to_thread(server.requests[0].disconnected.wait, 0.5)
+    assert noticed
+    await provider.aclose()
 
 
 # Edge cases without the server
 
 
-def test_malformed_event_is_unavailable_and_not_retried() -> None:
+async def test_malformed_event_is_unavailable_and_not_retried() -> None:
     calls = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -772,13 +768,13 @@ def test_malformed_event_is_unavailable_and_not_retried() -> None:
         return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
 
     provider_settings = ProviderSettings(name="mock", base_url="http://mock.invalid/v1")
-    _, error = fail(provider_settings, transport=httpx.MockTransport(handler))
+    _, error = await fail(provider_settings, transport=httpx.MockTransport(handler))
     assert error.code is ErrorCode.UNAVAILABLE
     assert "malformed stream event" in error.message
     assert len(calls) == 1
 
 
-def test_retry_after_as_http_date_is_honoured() -> None:
+async def test_retry_after_as_http_date_is_honoured() -> None:
     replies = [
         httpx.Response(429, headers={"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, json={}),
         httpx.Response(200, content="".join(hello("responses").events).encode()),
@@ -788,7 +784,7 @@ def test_retry_after_as_http_date_is_honoured() -> None:
         return replies.pop(0)
 
     provider_settings = ProviderSettings(name="mock", base_url="http://mock.invalid/v1")
-    events, error = run(provider_settings, transport=httpx.MockTransport(handler))
+    events, error = await run(provider_settings, transport=httpx.MockTransport(handler))
     assert (events, error) == (HELLO, None)
     assert replies == []
 

@@ -6,7 +6,6 @@ it records failed turns and keeps their input."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from spindle.v1 import common_pb2 as c
 from spindle.v1 import model_service_pb2 as mpb
 from spindle.v1 import thread_service_pb2 as tpb
 from tests.harness import LoopThread, Stack, start_stack, wait_until
+from tests.rpc import assert_kept_only_input, fork, raises_status, start, turn, user
 from tests.upstream import (
     Reply,
     UpstreamServer,
@@ -82,7 +82,7 @@ def request(model: str = "gpt-test", text: str = "hi") -> mpb.GenerateRequest:
         thread_id="thread-9",
         window_id="thread-9:2",
         sub_agent_kind="review",
-        input=[c.Item(message=c.Message(role=c.ROLE_USER, text=text))],
+        input=[user(text)],
     )
 
 
@@ -123,15 +123,11 @@ def test_upstream_failures_map_to_statuses_without_the_key(
         error_reply(429, "slow down", retry_after="0"),
         error_reply(401, "key sk-test-secret-123 is not valid"),
     )
-    with pytest.raises(grpc.RpcError) as info:
+    with raises_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "HTTP 429: slow down"):
         list(gateway.models.Generate(request()))
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "HTTP 429: slow down" in info.value.details()
     assert len(upstream.requests) == 3  # the first try and max_retries = 2
-    with pytest.raises(grpc.RpcError) as info:
+    with raises_status(grpc.StatusCode.UNAUTHENTICATED, "key [redacted] is not valid") as info:
         list(gateway.models.Generate(request()))
-    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert "key [redacted] is not valid" in info.value.details()
     assert "sk-test-secret" not in info.value.details()
 
 
@@ -140,10 +136,8 @@ def test_a_stalled_upstream_ends_with_deadline_exceeded(
 ) -> None:
     reply = text_reply("responses", ["a", "b", "c"])
     upstream.script(Reply(events=reply.events, stall_after=2))
-    with pytest.raises(grpc.RpcError) as info:
+    with raises_status(grpc.StatusCode.DEADLINE_EXCEEDED, "idle_timeout"):
         list(gateway.models.Generate(request()))
-    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "idle_timeout" in info.value.details()
 
 
 def test_ending_the_grpc_call_closes_the_upstream_request(
@@ -157,9 +151,8 @@ def test_ending_the_grpc_call_closes_the_upstream_request(
     wait_until(lambda: upstream.requests[0].disconnected.is_set(), timeout=5)
     # The caller's deadline bounds the whole upstream request too.
     upstream.script(Reply(events=reply.events, event_delay=0.2))
-    with pytest.raises(grpc.RpcError) as info:
+    with raises_status(grpc.StatusCode.DEADLINE_EXCEEDED):
         list(gateway.models.Generate(request(), timeout=0.6))
-    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     wait_until(lambda: upstream.requests[1].disconnected.is_set(), timeout=5)
 
 
@@ -168,15 +161,11 @@ def test_thread_turns_through_the_provider_carry_the_inherited_key(
 ) -> None:
     upstream.fallback = echo_reply
     stub = gateway.threads
-    root = stub.StartThread(tpb.StartThreadRequest(cwd=str(tmp_path), model="gpt-test")).thread
-    text = c.Item(message=c.Message(role=c.ROLE_USER, text="question"))
-    list(stub.RunTurn(tpb.RunTurnRequest(thread_id=root.id, input=[text])))
-    child = stub.SpawnThread(
-        tpb.SpawnThreadRequest(
-            parent_id=root.id, fork=tpb.ForkOptions(parent_spawn_call_id="call_1")
-        )
-    ).thread
-    events = list(stub.RunTurn(tpb.RunTurnRequest(thread_id=child.id, input=[text])))
+    root = start(stub, tmp_path, model="gpt-test")
+    text = user("question")
+    turn(stub, root.id, text)
+    child = stub.SpawnThread(fork(root.id, "call_1")).thread
+    events = turn(stub, child.id, text)
     assert events[-1].turn_completed.status == tpb.TURN_STATUS_COMPLETED
     parent_call, child_call = upstream.requests
     assert parent_call.body["prompt_cache_key"] == child_call.body["prompt_cache_key"] == root.id
@@ -189,30 +178,26 @@ def test_an_upstream_outage_fails_the_turn_and_keeps_the_input(
 ) -> None:
     upstream.script(*[error_reply(503, "overloaded")] * 3)
     stub = gateway.threads
-    root = stub.StartThread(tpb.StartThreadRequest(cwd=str(tmp_path), model="gpt-test")).thread
-    text = c.Item(message=c.Message(role=c.ROLE_USER, text="are you there?"))
-    with pytest.raises(grpc.RpcError) as info:
-        list(stub.RunTurn(tpb.RunTurnRequest(thread_id=root.id, input=[text])))
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "overloaded" in info.value.details()
-    (turn,) = stub.ListTurns(tpb.ListTurnsRequest(thread_id=root.id)).turns
-    assert turn.status == tpb.TURN_STATUS_FAILED
-    assert turn.error.code == c.ERROR_CODE_UNAVAILABLE
-    history = stub.ListThreadItems(tpb.ListThreadItemsRequest(thread_id=root.id)).items
-    assert [i.message.text for i in history] == ["are you there?"]
+    root = start(stub, tmp_path, model="gpt-test")
+    with raises_status(grpc.StatusCode.UNAVAILABLE, "overloaded"):
+        turn(stub, root.id, user("are you there?"))
+    assert_kept_only_input(
+        stub,
+        root.id,
+        "are you there?",
+        status=tpb.TURN_STATUS_FAILED,
+        error_code=c.ERROR_CODE_UNAVAILABLE,
+    )
 
 
-def test_azure_style_key_header(tmp_path: Path, upstream: UpstreamServer) -> None:
+@pytest.mark.anyio
+async def test_azure_style_key_header(tmp_path: Path, upstream: UpstreamServer) -> None:
     configured = gateway_settings(tmp_path, upstream, 'api_key_header = "api-key"')
     provider = HttpProvider(configured.providers["local"], {"SPINDLE_TEST_KEY": "azure-key-1"})
     upstream.script(text_reply("responses", ["ok"]))
-
-    async def call() -> None:
-        async for _ in provider.stream(convert.request_from_pb(request())):
-            pass
-        await provider.aclose()
-
-    asyncio.run(call())
+    async for _ in provider.stream(convert.request_from_pb(request())):
+        pass
+    await provider.aclose()
     (seen,) = upstream.requests
     assert seen.headers["api-key"] == "azure-key-1"
     assert "authorization" not in seen.headers
@@ -232,33 +217,26 @@ def test_a_cut_short_answer_fails_the_turn_and_stores_none_of_it(
     )
     upstream.script(Reply(events=(*partial, incomplete)))
     stub = gateway.threads
-    root = stub.StartThread(tpb.StartThreadRequest(cwd=str(tmp_path), model="gpt-test")).thread
-    text = c.Item(message=c.Message(role=c.ROLE_USER, text="what is it?"))
-    with pytest.raises(grpc.RpcError) as info:
-        list(stub.RunTurn(tpb.RunTurnRequest(thread_id=root.id, input=[text])))
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    history = stub.ListThreadItems(tpb.ListThreadItemsRequest(thread_id=root.id)).items
-    assert [i.message.text for i in history] == ["what is it?"]
+    root = start(stub, tmp_path, model="gpt-test")
+    with raises_status(grpc.StatusCode.RESOURCE_EXHAUSTED):
+        turn(stub, root.id, user("what is it?"))
+    assert_kept_only_input(stub, root.id, "what is it?")
 
 
 def test_bad_tools_and_sub_agent_kinds_are_refused_before_anything_is_recorded(
     gateway: Stack, upstream: UpstreamServer, tmp_path: Path
 ) -> None:
     stub = gateway.threads
-    root = stub.StartThread(tpb.StartThreadRequest(cwd=str(tmp_path), model="gpt-test")).thread
-    text = c.Item(message=c.Message(role=c.ROLE_USER, text="use it"))
+    root = start(stub, tmp_path, model="gpt-test")
+    text = user("use it")
     for tool, message in [
         (c.Tool(name="has space"), "must be 1 to 64 letters"),
         (c.Tool(name="ok", parameters_json="{not json"), "not JSON"),
         (c.Tool(name="ok", parameters_json="[1]"), "JSON object"),
     ]:
-        with pytest.raises(grpc.RpcError) as info:
-            list(stub.RunTurn(tpb.RunTurnRequest(thread_id=root.id, input=[text], tools=[tool])))
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert message in info.value.details()
+        with raises_status(grpc.StatusCode.INVALID_ARGUMENT, message):
+            turn(stub, root.id, text, tools=[tool])
     assert list(stub.ListTurns(tpb.ListTurnsRequest(thread_id=root.id)).turns) == []
-    with pytest.raises(grpc.RpcError) as info:
+    with raises_status(grpc.StatusCode.INVALID_ARGUMENT, "sub_agent_kind"):
         stub.SpawnThread(tpb.SpawnThreadRequest(parent_id=root.id, sub_agent_kind="bad\nkind é"))
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "sub_agent_kind" in info.value.details()
     assert upstream.requests == []

@@ -9,6 +9,7 @@ import pytest
 from spindle.v1 import common_pb2 as c
 from spindle.v1 import model_service_pb2 as pb
 from tests.harness import Stack
+from tests.rpc import raises_status, user
 
 
 def request(text: str, **kwargs: object) -> pb.GenerateRequest:
@@ -16,7 +17,7 @@ def request(text: str, **kwargs: object) -> pb.GenerateRequest:
         prompt_cache_key=str(kwargs.pop("key", "key-1")),
         thread_id="thread-1",
         window_id="thread-1:0",
-        input=[c.Item(message=c.Message(role=c.ROLE_USER, text=text))],
+        input=[user(text)],
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -77,13 +78,10 @@ def test_a_declared_tool_can_be_called(stack: Stack) -> None:
 def test_bad_requests_get_clear_statuses(
     stack: Stack, message: pb.GenerateRequest, code: grpc.StatusCode, text: str
 ) -> None:
-    with pytest.raises(grpc.RpcError) as info:
+    with raises_status(code, text):
         generate(stack, message)
-    assert info.value.code() == code
-    assert text in info.value.details()
 
 
 def test_the_callers_deadline_bounds_the_call(stack: Stack) -> None:
-    with pytest.raises(grpc.RpcError) as info:
+    with raises_status(grpc.StatusCode.DEADLINE_EXCEEDED):
         generate(stack, request("/slow 30 a b c d e f"), timeout=0.5)
-    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -21,8 +21,9 @@ import pytest
 from spindle.v1 import common_pb2 as c
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
-from tests.harness import ServiceProcess, raises_status, service_pair, wait_until
+from tests.harness import ServiceProcess, service_pair, wait_until
 from tests.proxy import TcpProxy
+from tests.rpc import raises_status
 
 LEASE = 1.0  # seconds: short, so that a killed replica's turns end quickly here
 

@@ -19,6 +19,14 @@ def write_config(home: Path, text: str) -> Path:
     return home
 
 
+def refusal(kind: type[ThreadServiceSettings | ModelServiceSettings], tmp: Path, text: str) -> str:
+    """The message of the SettingsError that loading `kind` from a config.toml of `text` raises."""
+    home = write_config(tmp / "home", text)
+    with pytest.raises(SettingsError) as info:
+        settings.load(kind, ["--config-home", str(home)], {})
+    return str(info.value)
+
+
 def test_precedence_defaults_file_environment_flags(tmp_path: Path) -> None:
     home = write_config(
         tmp_path / "home",
@@ -55,10 +63,7 @@ def test_config_home_from_the_environment_and_paths_expanded(tmp_path: Path) -> 
     ],
 )
 def test_bad_thread_settings_are_refused(tmp_path: Path, text: str, message: str) -> None:
-    home = write_config(tmp_path / "home", text)
-    with pytest.raises(SettingsError) as info:
-        settings.load(ThreadServiceSettings, ["--config-home", str(home)], {})
-    assert message in str(info.value)
+    assert message in refusal(ThreadServiceSettings, tmp_path, text)
 
 
 def test_providers_from_toml_with_environment_overrides(tmp_path: Path) -> None:
@@ -126,10 +131,7 @@ wire_api = "chat"
     ],
 )
 def test_bad_model_settings_are_refused(tmp_path: Path, text: str, message: str) -> None:
-    home = write_config(tmp_path / "home", text)
-    with pytest.raises(SettingsError) as info:
-        settings.load(ModelServiceSettings, ["--config-home", str(home)], {})
-    assert message in str(info.value)
+    assert message in refusal(ModelServiceSettings, tmp_path, text)
 
 
 def test_help_names_every_flag_and_environment_variable() -> None:

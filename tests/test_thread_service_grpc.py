@@ -16,41 +16,19 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from spindle.v1 import common_pb2 as c
 from spindle.v1 import thread_service_pb2 as pb
-from spindle.v1 import thread_service_pb2_grpc as pb_grpc
-from tests.harness import Stack, wait_until
+from tests.harness import LoopThread, Stack, start_stack, wait_until
+from tests.rpc import (
+    assert_kept_only_input,
+    fork,
+    only_turn,
+    raises_status,
+    start,
+    turn,
+    user,
+)
 from thread_service.servicer import WARNING_METADATA_KEY, WARNING_METADATA_MAX_BYTES
 
 MISSING = "00000000-0000-4000-8000-000000000000"
-
-
-def user(text: str) -> c.Item:
-    return c.Item(message=c.Message(role=c.ROLE_USER, text=text))
-
-
-def start(stub: pb_grpc.ThreadServiceStub, cwd: Path, **kwargs: str) -> pb.Thread:
-    response: pb.StartThreadResponse = stub.StartThread(
-        pb.StartThreadRequest(cwd=str(cwd), **kwargs)
-    )
-    return response.thread
-
-
-def turn(
-    stub: pb_grpc.ThreadServiceStub,
-    thread_id: str,
-    *input_items: c.Item,
-    tools: list[c.Tool] | None = None,
-) -> list[pb.RunTurnResponse]:
-    return list(
-        stub.RunTurn(pb.RunTurnRequest(thread_id=thread_id, input=input_items, tools=tools))
-    )
-
-
-def fork(parent_id: str, call_id: str = "call_1", **kwargs: object) -> pb.SpawnThreadRequest:
-    return pb.SpawnThreadRequest(
-        parent_id=parent_id,
-        fork=pb.ForkOptions(parent_spawn_call_id=call_id),
-        **kwargs,  # type: ignore[arg-type]
-    )
 
 
 def test_start_thread_returns_a_root_thread(stack: Stack, tmp_path: Path) -> None:
@@ -75,10 +53,8 @@ def test_start_thread_returns_a_root_thread(stack: Stack, tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("cwd", ["", "relative/dir", "/no/such/dir/anywhere"])
 def test_start_thread_refuses_a_bad_cwd(stack: Stack, cwd: str) -> None:
-    with pytest.raises(grpc.RpcError) as info:
+    with raises_status(grpc.StatusCode.INVALID_ARGUMENT, "cwd"):
         stack.threads.StartThread(pb.StartThreadRequest(cwd=cwd))
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "cwd" in info.value.details()
 
 
 def test_spawn_fresh_and_fork(stack: Stack, tmp_path: Path) -> None:
@@ -98,10 +74,7 @@ def test_spawn_fresh_and_fork(stack: Stack, tmp_path: Path) -> None:
     assert grandchild.prompt_cache_key == root.id and grandchild.depth == 2
 
 
-def test_spawn_errors(loop_thread: object, tmp_path: Path) -> None:
-    from tests.harness import LoopThread, start_stack
-
-    assert isinstance(loop_thread, LoopThread)
+def test_spawn_errors(loop_thread: LoopThread, tmp_path: Path) -> None:
     stack = start_stack(loop_thread, tmp_path, max_spawn_depth=1)
     try:
         stub = stack.threads
@@ -133,20 +106,14 @@ def test_spawn_errors(loop_thread: object, tmp_path: Path) -> None:
             ),
         ]
         for request, code, text in cases:
-            with pytest.raises(grpc.RpcError) as info:
+            with raises_status(code, text):
                 stub.SpawnThread(request)
-            assert info.value.code() == code, request
-            assert text in info.value.details()
         child = stub.SpawnThread(pb.SpawnThreadRequest(parent_id=root.id)).thread
-        with pytest.raises(grpc.RpcError) as info:
+        with raises_status(grpc.StatusCode.FAILED_PRECONDITION, "depth limit"):
             stub.SpawnThread(fork(child.id))
-        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "depth limit" in info.value.details()
         stub.ArchiveThread(pb.ArchiveThreadRequest(thread_id=root.id))
-        with pytest.raises(grpc.RpcError) as info:
+        with raises_status(grpc.StatusCode.FAILED_PRECONDITION, "archived"):
             stub.SpawnThread(pb.SpawnThreadRequest(parent_id=root.id))
-        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "archived" in info.value.details()
     finally:
         stack.stop()
 
@@ -201,14 +168,10 @@ def test_resume_get_archive(stack: Stack, tmp_path: Path) -> None:
             "not a thread id",
         ),
     ]:
-        with pytest.raises(grpc.RpcError) as info:
+        with raises_status(code, text):
             call(request)
-        assert info.value.code() == code
-        assert text in info.value.details()
-    with pytest.raises(grpc.RpcError) as info:
+    with raises_status(grpc.StatusCode.FAILED_PRECONDITION, "archived"):
         turn(stub, child.id, user("no"))
-    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "archived" in info.value.details()
 
 
 def test_list_threads_pages_and_filters(stack: Stack, tmp_path: Path) -> None:
@@ -232,10 +195,8 @@ def test_list_threads_pages_and_filters(stack: Stack, tmp_path: Path) -> None:
     assert [t.id for t in by_parent] == [c.id for c in children]
     first = stub.ListThreads(pb.ListThreadsRequest(page_size=1))
     for bad_token, text in [("%%%", "malformed"), (first.next_page_token, "does not belong")]:
-        with pytest.raises(grpc.RpcError) as info:
+        with raises_status(grpc.StatusCode.INVALID_ARGUMENT, text):
             stub.ListThreads(pb.ListThreadsRequest(parent_id=root.id, page_token=bad_token))
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert text in info.value.details()
 
 
 def test_list_thread_items_pages_through_inherited_and_own_items(
@@ -258,15 +219,13 @@ def test_list_thread_items_pages_through_inherited_and_own_items(
         if not token:
             break
     assert texts == ["q0", "echo: q0", "q1", "echo: q1", "q2", "echo: q2", "mine", "echo: mine"]
-    with pytest.raises(grpc.RpcError) as info:
+    with raises_status(grpc.StatusCode.NOT_FOUND):
         stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=MISSING))
-    assert info.value.code() == grpc.StatusCode.NOT_FOUND
     root_token = stub.ListThreadItems(
         pb.ListThreadItemsRequest(thread_id=root.id, page_size=1)
     ).next_page_token
-    with pytest.raises(grpc.RpcError) as info:
+    with raises_status(grpc.StatusCode.INVALID_ARGUMENT):
         stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=child.id, page_token=root_token))
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_run_turn_streams_deltas_items_and_usage(stack: Stack, tmp_path: Path) -> None:
@@ -306,17 +265,13 @@ def test_function_calls_go_to_the_client_and_come_back_as_input(
         (c.Item(message=c.Message(role=c.ROLE_ASSISTANT, text="x")), "not the assistant"),
         (c.Item(), "no kind"),
     ]:
-        with pytest.raises(grpc.RpcError) as info:
+        with raises_status(grpc.StatusCode.INVALID_ARGUMENT, text):
             turn(stub, root.id, bad)
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert text in info.value.details()
     output = c.Item(function_call_output=c.FunctionCallOutput(call_id=call.call_id, output="42"))
     events = turn(stub, root.id, output)
     assert events[-2].item_done.item.message.text == f"received output of {call.call_id}: 42"
-    with pytest.raises(grpc.RpcError) as info:
+    with raises_status(grpc.StatusCode.INVALID_ARGUMENT, "at least one item"):
         turn(stub, root.id)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "at least one item" in info.value.details()
 
 
 def test_a_failed_model_call_fails_the_turn_and_keeps_the_input(
@@ -324,15 +279,15 @@ def test_a_failed_model_call_fails_the_turn_and_keeps_the_input(
 ) -> None:
     stub = stack.threads
     root = start(stub, tmp_path)
-    with pytest.raises(grpc.RpcError) as info:
+    with raises_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down"):
         turn(stub, root.id, user("/fail RESOURCE_EXHAUSTED slow down"))
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "slow down" in info.value.details()
-    (failed,) = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
-    assert failed.status == pb.TURN_STATUS_FAILED
-    assert failed.error.code == c.ERROR_CODE_RESOURCE_EXHAUSTED
-    items = stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=root.id)).items
-    assert [i.message.text for i in items] == ["/fail RESOURCE_EXHAUSTED slow down"]
+    assert_kept_only_input(
+        stub,
+        root.id,
+        "/fail RESOURCE_EXHAUSTED slow down",
+        status=pb.TURN_STATUS_FAILED,
+        error_code=c.ERROR_CODE_RESOURCE_EXHAUSTED,
+    )
 
 
 def test_interrupt_turn_records_an_interrupted_turn(stack: Stack, tmp_path: Path) -> None:
@@ -344,15 +299,13 @@ def test_interrupt_turn_records_an_interrupted_turn(stack: Stack, tmp_path: Path
     reader = threading.Thread(target=lambda: events.extend(stream))
     reader.start()
     wait_until(lambda: len(events) >= 1)
-    with pytest.raises(grpc.RpcError) as info:
+    with raises_status(grpc.StatusCode.FAILED_PRECONDITION, "already running"):
         turn(stub, root.id, user("second"))
-    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "already running" in info.value.details()
     interrupted = stub.InterruptTurn(pb.InterruptTurnRequest(thread_id=root.id)).turn_id
     reader.join(10)
     assert interrupted == events[0].turn_started.turn_id
     assert events[-1].turn_completed.status == pb.TURN_STATUS_INTERRUPTED
-    (record,) = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
+    record = only_turn(stub, root.id)
     assert record.status == pb.TURN_STATUS_INTERRUPTED
     assert "InterruptTurn" in record.error.message
     # The thread takes turns again.
@@ -371,8 +324,7 @@ def test_a_client_cancelling_the_call_interrupts_the_turn(stack: Stack, tmp_path
         return bool(turns[0].status == pb.TURN_STATUS_INTERRUPTED)
 
     wait_until(recorded)
-    items = stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=root.id)).items
-    assert [i.message.text for i in items] == ["/slow 30 x y z"]
+    assert_kept_only_input(stub, root.id, "/slow 30 x y z")
 
 
 def test_list_turns_pages(stack: Stack, tmp_path: Path) -> None:
@@ -411,10 +363,9 @@ def test_an_unreachable_model_service_is_unavailable(stack: Stack, tmp_path: Pat
     stub = stack.threads
     root = start(stub, tmp_path)
     stack.loop.run(stack.servers[0].stop(0))  # the model-service goes away
-    with pytest.raises(grpc.RpcError) as info:
+    with raises_status(grpc.StatusCode.UNAVAILABLE):
         turn(stub, root.id, user("anyone?"))
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    (record,) = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
+    record = only_turn(stub, root.id)
     assert record.status == pb.TURN_STATUS_FAILED
 
 
@@ -437,11 +388,8 @@ def test_health_and_reflection(stack: Stack) -> None:
 
 
 def test_a_turn_in_flight_at_shutdown_is_recorded_interrupted(
-    loop_thread: object, tmp_path: Path
+    loop_thread: LoopThread, tmp_path: Path
 ) -> None:
-    from tests.harness import LoopThread, start_stack
-
-    assert isinstance(loop_thread, LoopThread)
     stack = start_stack(loop_thread, tmp_path)
     stub = stack.threads
     root = start(stub, tmp_path)
@@ -454,7 +402,7 @@ def test_a_turn_in_flight_at_shutdown_is_recorded_interrupted(
         list(stream)
     restarted = start_stack(loop_thread, tmp_path)
     try:
-        (record,) = restarted.threads.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
+        record = only_turn(restarted.threads, root.id)
         assert record.status == pb.TURN_STATUS_INTERRUPTED
         assert "shutting down" in record.error.message
     finally:
@@ -465,16 +413,15 @@ def test_a_turn_past_its_deadline_is_interrupted_and_recorded(stack: Stack, tmp_
     stub = stack.threads
     root = start(stub, tmp_path)
     request = pb.RunTurnRequest(thread_id=root.id, input=[user("/slow 30 a b c d")])
-    with pytest.raises(grpc.RpcError) as info:
+    with raises_status(grpc.StatusCode.DEADLINE_EXCEEDED):
         list(stub.RunTurn(request, timeout=0.5))
-    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
     def recorded() -> bool:
         turns = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
         return bool(turns and turns[0].status == pb.TURN_STATUS_INTERRUPTED)
 
     wait_until(recorded)
-    (record,) = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
+    record = only_turn(stub, root.id)
     assert record.error.message == "the call's deadline passed"
 
 
@@ -529,19 +476,16 @@ def test_crafted_page_tokens_are_invalid_arguments(
         (stub.ListThreads, pb.ListThreadsRequest(page_token=token("[" * 5000 + "]" * 5000))),
     ]
     for call, request in requests:
-        with pytest.raises(grpc.RpcError) as info:
+        with raises_status(grpc.StatusCode.INVALID_ARGUMENT, "page_token"):
             call(request)
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
-        assert "page_token" in info.value.details()
 
 
 def test_every_failure_code_can_be_listed_back(stack: Stack, tmp_path: Path) -> None:
     stub = stack.threads
     root = start(stub, tmp_path)
-    with pytest.raises(grpc.RpcError) as info:
+    with raises_status(grpc.StatusCode.ALREADY_EXISTS):
         turn(stub, root.id, user("/fail ALREADY_EXISTS duplicate"))
-    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    (failed,) = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
+    failed = only_turn(stub, root.id)
     assert failed.error.code == c.ERROR_CODE_ALREADY_EXISTS
 
 

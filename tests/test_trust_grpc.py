@@ -18,7 +18,7 @@ import pytest
 
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
-from tests.harness import LoopThread, ServiceProcess, Stack, start_stack
+from tests.harness import LoopThread, ServiceProcess, Stack, start_stack, thread_process
 from thread_service import trust
 from thread_service.servicer import WARNING_METADATA_KEY
 
@@ -178,20 +178,7 @@ def test_the_repository_root_is_trusted(trust_stack: Stack, tmp_path: Path, home
 def test_fifty_concurrent_starts_from_four_processes_all_land(tmp_path: Path) -> None:
     home = tmp_path / "home"
     model = ServiceProcess("model_service", ["--config-home", str(tmp_path / "model-home")])
-    services = [
-        ServiceProcess(
-            "thread_service",
-            [
-                "--model-service",
-                model.address,
-                "--data-dir",
-                str(tmp_path / f"data-{i}"),
-                "--config-home",
-                str(home),
-            ],
-        )
-        for i in range(4)
-    ]
+    services = [thread_process(model, tmp_path / f"data-{i}", home) for i in range(4)]
     folders = [project(tmp_path, f"project-{i:02d}") for i in range(50)]
     channels = [grpc.insecure_channel(s.address) for s in services]
     try:

@@ -19,6 +19,8 @@ from thread_service.trust import ProjectTrust
 from thread_service.turn import TurnCompleted
 from thread_service.turns import Turns
 
+pytestmark = pytest.mark.anyio
+
 HELLO = [items.Message(items.Role.USER, "hello")]
 
 
@@ -39,55 +41,49 @@ async def setup(tmp_path: Path) -> tuple[SQLiteStore, Threads, Turns, str]:
     return store, threads, Turns(store, threads, SlowModel()), thread.id
 
 
-def test_a_store_failure_ends_the_stream_and_frees_the_thread(
+async def test_a_store_failure_ends_the_stream_and_frees_the_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def main() -> None:
-        store, _, turns, thread_id = await setup(tmp_path)
-        real_finish = store.finish_turn
-        failures = [OSError("disk I/O error")]
+    store, _, turns, thread_id = await setup(tmp_path)
+    real_finish = store.finish_turn
+    failures = [OSError("disk I/O error")]
 
-        async def flaky_finish(*args: object, **kwargs: object) -> object:
-            if failures:
-                raise failures.pop()
-            return await real_finish(*args, **kwargs)  # type: ignore[arg-type]
+    async def flaky_finish(*args: object, **kwargs: object) -> object:
+        if failures:
+            raise failures.pop()
+        return await real_finish(*args, **kwargs)  # type: ignore[arg-type]
 
-        # A failing disk cannot be had on demand here: the one fake.
-        monkeypatch.setattr(store, "finish_turn", flaky_finish)
-        stream = turns.run(thread_id, HELLO)
-        await anext(stream)  # turn started
-        await anext(stream)  # first delta
-        await turns.interrupt(thread_id)
-        with pytest.raises(SpindleError, match="internal error"):
-            async with asyncio.timeout(5):
-                async for _ in stream:
-                    pass
-        (turn,) = await store.list_turns(thread_id, 0, 10)
-        assert turn.status is TurnStatus.FAILED
-        assert turn.error is not None and "OSError" in turn.error.message
-        assert await store.running_turn(thread_id) is None
-        await store.close()
-
-    asyncio.run(main())
-
-
-def test_repeated_interrupts_still_record_one_interrupted_turn(tmp_path: Path) -> None:
-    async def main() -> None:
-        store, _, turns, thread_id = await setup(tmp_path)
-        stream = turns.run(thread_id, HELLO)
-        await anext(stream)
-        for _ in range(3):
-            await turns.interrupt(thread_id)
-            await asyncio.sleep(0)
+    # A failing disk cannot be had on demand here: the one fake.
+    monkeypatch.setattr(store, "finish_turn", flaky_finish)
+    stream = turns.run(thread_id, HELLO)
+    await anext(stream)  # turn started
+    await anext(stream)  # first delta
+    await turns.interrupt(thread_id)
+    with pytest.raises(SpindleError, match="internal error"):
         async with asyncio.timeout(5):
-            rest = [event async for event in stream]
-        assert isinstance(rest[-1], TurnCompleted)
-        assert rest[-1].status is TurnStatus.INTERRUPTED
-        (turn,) = await store.list_turns(thread_id, 0, 10)
-        assert turn.status is TurnStatus.INTERRUPTED
-        # Nothing of the model's output is kept, only the input.
-        history = await store.read_history(thread_id)
-        assert history == HELLO
-        await store.close()
+            async for _ in stream:
+                pass
+    (turn,) = await store.list_turns(thread_id, 0, 10)
+    assert turn.status is TurnStatus.FAILED
+    assert turn.error is not None and "OSError" in turn.error.message
+    assert await store.running_turn(thread_id) is None
+    await store.close()
 
-    asyncio.run(main())
+
+async def test_repeated_interrupts_still_record_one_interrupted_turn(tmp_path: Path) -> None:
+    store, _, turns, thread_id = await setup(tmp_path)
+    stream = turns.run(thread_id, HELLO)
+    await anext(stream)
+    for _ in range(3):
+        await turns.interrupt(thread_id)
+        await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        rest = [event async for event in stream]
+    assert isinstance(rest[-1], TurnCompleted)
+    assert rest[-1].status is TurnStatus.INTERRUPTED
+    (turn,) = await store.list_turns(thread_id, 0, 10)
+    assert turn.status is TurnStatus.INTERRUPTED
+    # Nothing of the model's output is kept, only the input.
+    history = await store.read_history(thread_id)
+    assert history == HELLO
+    await store.close()

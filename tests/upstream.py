@@ -12,8 +12,8 @@ connection reuse and disconnects are real too.
     server.requests[1].body["prompt_cache_key"]
     server.stop()
 
-To use the fixture, import it into a conftest.py:
-`from tests.upstream import upstream  # noqa: F401`.
+To use the fixture, load this module as a plugin in a conftest.py:
+`pytest_plugins = ["tests.upstream"]`.
 
 Each request takes the next scripted `Reply`; when none is left, the
 `fallback` answers (by default a 500 saying so; `echo_reply` answers any

@@ -1,0 +1,86 @@
+"""Calling the services in tests, and checking what they answer: short forms
+for a user message, a thread start, a fork request and a turn, and the
+assertions that many tests share (a call's status, a failed turn's record)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from spindle.v1 import common_pb2 as c
+from spindle.v1 import thread_service_pb2 as pb
+from spindle.v1 import thread_service_pb2_grpc as pb_grpc
+
+
+def user(text: str) -> c.Item:
+    return c.Item(message=c.Message(role=c.ROLE_USER, text=text))
+
+
+def start(stub: pb_grpc.ThreadServiceStub, cwd: Path, **kwargs: str) -> pb.Thread:
+    response: pb.StartThreadResponse = stub.StartThread(
+        pb.StartThreadRequest(cwd=str(cwd), **kwargs)
+    )
+    return response.thread
+
+
+def fork(parent_id: str, call_id: str = "call_1", **kwargs: object) -> pb.SpawnThreadRequest:
+    """A SpawnThread request that forks `parent_id` for the spawn call `call_id`."""
+    return pb.SpawnThreadRequest(
+        parent_id=parent_id,
+        fork=pb.ForkOptions(parent_spawn_call_id=call_id),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def turn(
+    stub: pb_grpc.ThreadServiceStub,
+    thread_id: str,
+    *input_items: c.Item,
+    tools: list[c.Tool] | None = None,
+) -> list[pb.RunTurnResponse]:
+    return list(
+        stub.RunTurn(pb.RunTurnRequest(thread_id=thread_id, input=input_items, tools=tools))
+    )
+
+
+@contextmanager
+def raises_status(
+    code: grpc.StatusCode, *fragments: str
+) -> Iterator[pytest.ExceptionInfo[grpc.RpcError]]:
+    """Expect the block to fail with `code` and a message holding every fragment."""
+    with pytest.raises(grpc.RpcError) as info:
+        yield info
+    assert info.value.code() == code, info.value.details()
+    for fragment in fragments:
+        assert fragment in info.value.details()
+
+
+def only_turn(stub: pb_grpc.ThreadServiceStub, thread_id: str) -> pb.Turn:
+    """The thread's one recorded turn; fails if it has none or several."""
+    response: pb.ListTurnsResponse = stub.ListTurns(pb.ListTurnsRequest(thread_id=thread_id))
+    (recorded,) = response.turns
+    return recorded
+
+
+def assert_kept_only_input(
+    stub: pb_grpc.ThreadServiceStub,
+    thread_id: str,
+    text: str,
+    *,
+    status: pb.TurnStatus | None = None,
+    error_code: c.ErrorCode | None = None,
+) -> None:
+    """After a turn that did not complete, the history holds only its input
+    `text`; with `status` or `error_code`, the one turn recorded has them."""
+    if status is not None or error_code is not None:
+        recorded = only_turn(stub, thread_id)
+        if status is not None:
+            assert recorded.status == status
+        if error_code is not None:
+            assert recorded.error.code == error_code
+    items = stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=thread_id)).items
+    assert [i.message.text for i in items] == [text]
