@@ -10,7 +10,7 @@ from thread_service.model_client import ModelServiceClient
 from thread_service.replica import Replica
 from thread_service.servicer import ThreadServicer
 from thread_service.settings import ThreadServiceSettings
-from thread_service.stores import StoreOptions, open_store
+from thread_service.stores.backend import StoreOptions, open_store
 from thread_service.threads import Threads
 from thread_service.trust import ProjectTrust
 from thread_service.turns import Turns

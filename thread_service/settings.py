@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from spindle.settings import DEFAULT_CONFIG_HOME, ServiceSettings, SettingsError, setting
-from thread_service.stores import sqlite_path
+from thread_service.stores.backend import sqlite_path
 
 SQLITE_SYNCHRONOUS_MODES = ("FULL", "EXTRA", "NORMAL")
 
