@@ -162,14 +162,14 @@ class ServiceProcess:
 
 
 def thread_process(
-    model: ServiceProcess, data_dir: Path, config_home: Path, *args: str
+    model: ServiceProcess | str, data_dir: Path, config_home: Path, *args: str
 ) -> ServiceProcess:
-    """A thread-service process that calls `model`."""
+    """A thread-service process that calls `model` (a process, or a gRPC target)."""
     return ServiceProcess(
         "thread_service",
         [
             "--model-service",
-            model.address,
+            model if isinstance(model, str) else model.address,
             "--data-dir",
             str(data_dir),
             "--config-home",

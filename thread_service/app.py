@@ -27,7 +27,7 @@ async def build(settings: ThreadServiceSettings) -> Service:
             timeout=settings.store_timeout,
         ),
     )
-    model = ModelServiceClient(settings.model_service)
+    model = ModelServiceClient(settings.model_service, settings.model_service_balancing)
     threads = Threads(
         store,
         ProjectTrust(settings.config_home),

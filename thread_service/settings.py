@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from spindle.settings import DEFAULT_CONFIG_HOME, ServiceSettings, SettingsError, setting
+from thread_service.model_client import BALANCING_POLICIES
 from thread_service.stores.backend import sqlite_path
 
 SQLITE_SYNCHRONOUS_MODES = ("FULL", "EXTRA", "NORMAL")
@@ -24,7 +25,16 @@ class ThreadServiceSettings(ServiceSettings):
     )
     listen: str = setting("127.0.0.1:50051", "SPINDLE_THREAD_LISTEN", "HOST:PORT to serve on")
     model_service: str = setting(
-        "127.0.0.1:50052", "SPINDLE_MODEL_SERVICE", "HOST:PORT of the model-service"
+        "127.0.0.1:50052",
+        "SPINDLE_MODEL_SERVICE",
+        "the model-service: HOST:PORT, dns:///HOST:PORT (every address the name resolves "
+        "to) or ipv4:ADDR:PORT,ADDR:PORT",
+    )
+    model_service_balancing: str = setting(
+        "ring_hash",
+        "SPINDLE_MODEL_SERVICE_BALANCING",
+        "how requests spread over model-service replicas: ring_hash (by prompt_cache_key, "
+        "so a key's prompt cache stays warm) or round_robin",
     )
     data_dir: Path = setting(
         Path("~/.spindle/data"), "SPINDLE_DATA_DIR", "folder of the default SQLite database"
@@ -64,6 +74,10 @@ class ThreadServiceSettings(ServiceSettings):
             raise SettingsError("max_spawn_depth must be 0 or more")
         if self.sqlite_synchronous.upper() not in SQLITE_SYNCHRONOUS_MODES:
             raise SettingsError("sqlite_synchronous must be FULL, EXTRA or NORMAL")
+        if self.model_service_balancing not in BALANCING_POLICIES:
+            raise SettingsError(
+                f"model_service_balancing must be one of {', '.join(BALANCING_POLICIES)}"
+            )
         sqlite_path(self.store, self.data_dir)
         if not 1 <= self.store_pool_min <= self.store_pool_max <= 1000:
             raise SettingsError("need 1 <= store_pool_min <= store_pool_max <= 1000")
