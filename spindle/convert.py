@@ -6,6 +6,8 @@ Bad input raises `InvalidArgument`, so a caller gets a clear status.
 
 from __future__ import annotations
 
+import re
+
 from spindle import items, model
 from spindle.errors import ErrorCode, InvalidArgument
 from spindle.v1 import common_pb2 as pb
@@ -118,11 +120,25 @@ def request_to_pb(request: model.ModelRequest) -> model_pb.GenerateRequest:
     )
 
 
+# Identity fields travel as HTTP headers and into log lines: printable ASCII
+# without spaces, bounded, so that they can neither break a header nor forge a line.
+_IDENTITY = re.compile(r"[!-~]{1,128}")
+
+
 def request_from_pb(message: model_pb.GenerateRequest) -> model.ModelRequest:
     if not message.prompt_cache_key:
         raise InvalidArgument("prompt_cache_key is required")
     if not message.thread_id:
         raise InvalidArgument("thread_id is required")
+    for field in ("prompt_cache_key", "thread_id", "window_id", "sub_agent_kind"):
+        value = getattr(message, field)
+        if value and not _IDENTITY.fullmatch(value):
+            raise InvalidArgument(
+                f"{field} must be 1 to 128 printable ASCII characters without spaces",
+                field=field,
+            )
+    if message.model:
+        model.check_model(message.model)
     tools = tuple(tool_from_pb(t) for t in message.tools)
     model.check_tools(tools)
     return model.ModelRequest(

@@ -32,15 +32,33 @@ class StartupError(Exception):
 
 
 class SpindleError(Exception):
-    """Base of every error a caller may see; `code` decides the status."""
+    """Base of every error a caller may see; `code` decides the status.
+
+    Besides its message, an error may say what a program can act on: a stable
+    `reason` (UPPER_SNAKE_CASE) with string `metadata`, the request `field`
+    that was wrong, and `retry_after` seconds when a retry can succeed.
+    """
 
     code: ErrorCode = ErrorCode.INTERNAL
 
-    def __init__(self, message: str, *, code: ErrorCode | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: ErrorCode | None = None,
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
+        field: str = "",
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        self.reason = reason
+        self.metadata = metadata or {}
+        self.field = field
+        self.retry_after = retry_after
 
 
 class InvalidArgument(SpindleError):
@@ -53,6 +71,18 @@ class NotFound(SpindleError):
 
 class FailedPrecondition(SpindleError):
     code = ErrorCode.FAILED_PRECONDITION
+
+
+class Unauthenticated(SpindleError):
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class PermissionDenied(SpindleError):
+    code = ErrorCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(SpindleError):
+    code = ErrorCode.RESOURCE_EXHAUSTED
 
 
 class Unavailable(SpindleError):

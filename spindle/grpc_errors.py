@@ -1,8 +1,12 @@
 """The one place where domain errors become gRPC statuses, and back.
 
 Servicer methods are wrapped with `@rpc`; a `SpindleError` aborts the call
-with its code and message, anything else is logged with its traceback and
-reported as INTERNAL without leaking details.
+with its code and message, and with the details a program can act on, as a
+`google.rpc.Status` in the `grpc-status-details-bin` trailer (the standard
+rich error model, which every gRPC library decodes): `ErrorInfo` (the stable
+reason and its metadata, domain `spindle.v1`), `RetryInfo` when a retry can
+succeed, and `BadRequest` naming the wrong field. Anything else is logged
+with its traceback and reported as INTERNAL without leaking details.
 """
 
 from __future__ import annotations
@@ -14,12 +18,19 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar, cast
 
 import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from spindle.errors import ErrorCode, ModelError, SpindleError
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+ERROR_DOMAIN = "spindle.v1"
+# No message a caller sees is longer: clients refuse oversized trailers.
+MAX_MESSAGE_CHARS = 1000
 
 
 def status_code(code: ErrorCode) -> grpc.StatusCode:
@@ -43,9 +54,34 @@ def model_error_from_rpc(error: grpc.RpcError, what: str) -> ModelError:
     return ModelError(details, code=error_code(status))
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+def cut(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def rich_status(error: SpindleError) -> status_pb2.Status:
+    """The error as a google.rpc.Status, with the details it carries."""
+    status = status_pb2.Status(code=status_code(error.code).value[0], message=cut(error.message))
+    if error.reason:
+        info = error_details_pb2.ErrorInfo(
+            reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+        )
+        status.details.add().Pack(info)
+    if error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(max(error.retry_after, 0.0) * 1e9))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    if error.field:
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=error.field, description=cut(error.message, 500)
+        )
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    return status
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    """End the call with the status `exc` stands for (never returns)."""
     if isinstance(exc, SpindleError):
-        await context.abort(status_code(exc.code), exc.message)
+        await context.abort_with_status(rpc_status.to_status(rich_status(exc)))
     log.exception("unhandled error in %s", type(exc).__name__)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has details")
 
@@ -62,7 +98,7 @@ def rpc(method: F) -> F:
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                await _abort(context, exc)
+                await abort(context, exc)
 
         return cast(F, stream)
 
@@ -73,6 +109,6 @@ def rpc(method: F) -> F:
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
 
     return cast(F, unary)

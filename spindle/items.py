@@ -92,6 +92,17 @@ def inherited_by_fork(item: Item) -> bool:
     return True
 
 
+def size_of(item: Item) -> int:
+    """About how many bytes an item takes on the wire: its text fields in
+    UTF-8 and some framing. Limits and page budgets count with it."""
+    total = 16
+    for name in item.__slots__:
+        value = getattr(item, name)
+        if isinstance(value, str):
+            total += len(value.encode("utf-8", "surrogatepass")) + 4
+    return total
+
+
 def to_json(item: Item) -> dict[str, Any]:
     """A JSON-ready dict with a `type` tag; the storage format of an item."""
     data: dict[str, Any] = {"type": kind_of(item)}

@@ -13,10 +13,14 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from spindle.errors import InvalidArgument
+from spindle.errors import InvalidArgument, quoted
 from spindle.items import Item
 
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
+MAX_SCHEMA_BYTES = 64 << 10
+MAX_SCHEMA_DEPTH = 32
+MAX_TOOLS = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,25 +37,54 @@ class Tool:
         is not a JSON object."""
         if not self.parameters_json.strip():
             return None
+        where = f"tools: {quoted(self.name, 64)}"
+        if len(self.parameters_json) > MAX_SCHEMA_BYTES:
+            raise InvalidArgument(f"{where}: parameters_json is over {MAX_SCHEMA_BYTES} bytes")
         try:
             schema = json.loads(self.parameters_json)
         except (ValueError, RecursionError):
-            raise InvalidArgument(f"tools: {self.name!r}: parameters_json is not JSON") from None
+            raise InvalidArgument(f"{where}: parameters_json is not JSON") from None
         if not isinstance(schema, dict):
-            raise InvalidArgument(f"tools: {self.name!r}: parameters_json must be a JSON object")
+            raise InvalidArgument(f"{where}: parameters_json must be a JSON object")
+        if _depth(schema) > MAX_SCHEMA_DEPTH:
+            raise InvalidArgument(f"{where}: parameters_json nests deeper than {MAX_SCHEMA_DEPTH}")
         return schema
+
+
+def _depth(value: Any) -> int:
+    """How deeply JSON arrays and objects nest in `value` (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def check_model(model: str) -> None:
+    """A model name: what every provider's names look like, nothing to inject."""
+    if not _MODEL.fullmatch(model):
+        raise InvalidArgument(
+            "model must be 1 to 128 letters, digits or . _ : / @ + -, starting with a "
+            "letter or digit",
+            field="model",
+        )
 
 
 def check_tools(tools: Sequence[Tool]) -> None:
     """What every provider accepts, checked where a request comes in, so that a
     bad declaration is the caller's error and never reaches a provider."""
+    if len(tools) > MAX_TOOLS:
+        raise InvalidArgument(f"tools: at most {MAX_TOOLS} tools")
     names = [tool.name for tool in tools]
     if len(set(names)) != len(names):
         raise InvalidArgument("tools: names must be unique")
     for tool in tools:
         if not _TOOL_NAME.fullmatch(tool.name):
             raise InvalidArgument(
-                f"tools: name {tool.name!r} must be 1 to 64 letters, digits, '_' or '-'"
+                f"tools: name {quoted(tool.name, 64)} must be 1 to 64 letters, digits, '_' or '-'"
             )
         tool.parameters()
 

@@ -1,9 +1,13 @@
 """Running a `grpc.aio` server the way both services need it.
 
-Health checking and reflection are registered for every service; SIGTERM and
-SIGINT flip health to NOT_SERVING, stop taking calls, give in-flight calls
-`grace` seconds, then run the service's own shutdown (which finishes and
-records interrupted turns) before the process exits.
+Health checking and reflection are registered for every service, and every
+other call passes the service's `Edge` (decoding, authentication, rate).
+TLS, when configured, serves certificates reloaded as they change. Health
+follows the service's own `healthy()` (the thread-service reports NOT_SERVING
+while its store cannot write). SIGTERM and SIGINT flip health to NOT_SERVING,
+stop taking calls, give in-flight calls `grace` seconds, then run the
+service's own shutdown (which finishes and records interrupted turns) before
+the process exits.
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from spindle import settings
+from spindle import settings, tls
+from spindle.edge import Edge
 from spindle.errors import StartupError
 from spindle.settings import ServiceSettings
 
@@ -27,15 +32,27 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-SERVER_OPTIONS = [
+SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
+    # Clients may ping every 10 s to see that the connection lives.
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
 ]
-CHANNEL_OPTIONS = [
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
+# A channel between the services pings every 20 s and gives up on a peer
+# silent for 10 s more, so a frozen process fails calls instead of holding them.
+KEEPALIVE_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+HEALTH_POLL_SECONDS = 0.5
 
 
 class Service:
@@ -47,12 +64,20 @@ class Service:
         register: Callable[[grpc.aio.Server], None],
         close: Callable[[], Awaitable[None]],
         drain: Callable[[], None] = lambda: None,
+        *,
+        edge: Edge | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        healthy: Callable[[], bool] = lambda: True,
     ) -> None:
         self.names = list(names)
         self.register = register
         self.close = close
         # Called as shutdown begins, before in-flight calls are cut.
         self.drain = drain
+        self.edge = edge
+        # Server options of this service, over SERVER_OPTIONS.
+        self.options = list(options)
+        self.healthy = healthy
 
 
 class RunningServer:
@@ -65,16 +90,38 @@ class RunningServer:
         self.health = health_servicer
         self.service = service
         self.port = 0
+        self._watch: asyncio.Task[None] | None = None
+
+    async def _follow_health(self) -> None:
+        """Report what the service says of itself, as it changes."""
+        serving = True
+        while True:
+            await asyncio.sleep(HEALTH_POLL_SECONDS)
+            now = self.service.healthy()
+            if now != serving:
+                serving = now
+                status = health_pb2.HealthCheckResponse.SERVING
+                if not now:
+                    status = health_pb2.HealthCheckResponse.NOT_SERVING
+                for name in ["", *self.service.names]:
+                    await self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         await self.health.enter_graceful_shutdown()
         self.service.drain()
         await self.server.stop(grace)
         await self.service.close()
 
 
-async def start(service: Service, listen: str) -> RunningServer:
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+async def start(
+    service: Service, listen: str, credentials: grpc.ServerCredentials | None = None
+) -> RunningServer:
+    server = grpc.aio.server(
+        options=[*SERVER_OPTIONS, *service.options],
+        interceptors=[service.edge] if service.edge is not None else None,
+    )
     service.register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -83,20 +130,35 @@ async def start(service: Service, listen: str) -> RunningServer:
     )
     running = RunningServer(server, health_servicer, service)
     try:
-        running.port = server.add_insecure_port(listen)
+        if credentials is None:
+            running.port = server.add_insecure_port(listen)
+        else:
+            running.port = server.add_secure_port(listen, credentials)
     except RuntimeError as exc:
         raise StartupError(f"cannot listen on {listen}: {exc}") from None
     await server.start()
     for name in ["", *service.names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running._watch = asyncio.create_task(running._follow_health())
     return running
 
 
-async def run_until_signal(service: Service, listen: str, grace: float, label: str) -> None:
+def credentials_of(config: ServiceSettings) -> grpc.ServerCredentials | None:
+    """The server's TLS credentials from its settings; None for plaintext."""
+    if not config.tls_cert:
+        return None
+    return tls.server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+
+
+async def run_until_signal(service: Service, config: ServiceSettings, label: str) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
-    running = await start(service, listen)
-    host = listen.rpartition(":")[0]
+    running = await start(service, config.listen, credentials_of(config))
+    host = config.listen.rpartition(":")[0]
     log.info("%s listening on %s:%d", label, host, running.port)
+    if not config.tls_cert and not settings.is_loopback(host):
+        log.warning(
+            "%s serves %s without TLS: tokens and data cross the network in clear", label, host
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -105,8 +167,8 @@ async def run_until_signal(service: Service, listen: str, grace: float, label: s
         if signal.getsignal(signum) is not signal.SIG_IGN:
             loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    log.info("%s stopping: in-flight calls get %.1f s", label, grace)
-    await running.stop(grace)
+    log.info("%s stopping: in-flight calls get %.1f s", label, config.shutdown_grace)
+    await running.stop(config.shutdown_grace)
     log.info("%s stopped", label)
 
 
@@ -121,8 +183,9 @@ def main(
     description: str,
     argv: Sequence[str] | None = None,
 ) -> None:
-    """A service process: settings, logging, serving until a signal, exit codes
-    (1 for unusable settings, 2 for a failure to start such as a busy port)."""
+    """A service process: settings, logging, serving until a signal. Exit codes:
+    1 for unusable settings, 2 for a failure to start (a busy port, a data
+    folder in use or unusable, a database out of reach), each told in one line."""
     try:
         config = settings.load(
             settings_class,
@@ -140,10 +203,10 @@ def main(
 
     async def run() -> None:
         service = await build(config)
-        await run_until_signal(service, config.listen, config.shutdown_grace, label)
+        await run_until_signal(service, config, label)
 
     try:
         asyncio.run(run())
-    except StartupError as exc:
+    except (StartupError, settings.SettingsError) as exc:
         log.error("%s", exc)
         sys.exit(2)

@@ -51,6 +51,26 @@ class ServiceSettings:
         10.0, "SPINDLE_SHUTDOWN_GRACE", "seconds in-flight calls get to finish on SIGTERM"
     )
     log_level: str = setting("INFO", "SPINDLE_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR")
+    auth_file: str = setting(
+        "",
+        "SPINDLE_AUTH_FILE",
+        "principals file (TOML): token hashes and client certificate names of the callers "
+        "(empty: no authentication, allowed on loopback only)",
+    )
+    tls_cert: str = setting(
+        "", "SPINDLE_TLS_CERT", "PEM certificate chain to serve TLS with (reloaded on change)"
+    )
+    tls_key: str = setting("", "SPINDLE_TLS_KEY", "PEM private key of tls_cert")
+    tls_client_ca: str = setting(
+        "",
+        "SPINDLE_TLS_CLIENT_CA",
+        "PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    )
+    insecure_no_auth: bool = setting(
+        False,
+        "SPINDLE_INSECURE_NO_AUTH",
+        "serve a non-loopback address without authentication (anyone who reaches it can use it)",
+    )
 
     @classmethod
     def from_tables(
@@ -68,6 +88,23 @@ class ServiceSettings:
             raise SettingsError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         if not 0 <= self.shutdown_grace <= 3600:
             raise SettingsError("shutdown_grace must be within 0..3600 seconds")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SettingsError("tls_cert and tls_key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise SettingsError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
+        if self.tls_client_ca and not self.auth_file:
+            raise SettingsError("tls_client_ca needs auth_file, which maps certificates to callers")
+        if not self.auth_file and not self.insecure_no_auth and not is_loopback(host):
+            raise SettingsError(
+                f"listening on {self.listen} needs authentication: set auth_file (see the "
+                "README, Security), or --insecure-no-auth to serve everyone who reaches it"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen host is reachable from this machine only."""
+    host = host.strip("[]").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 S = TypeVar("S", bound=ServiceSettings)
@@ -131,12 +168,19 @@ def _simple_fields(cls: type[Any]) -> list[dataclasses.Field[Any]]:
 def argument_parser(cls: type[Any], prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     for f in _simple_fields(cls):
+        help = f"{f.metadata['help']} (env {f.metadata['env']}; default {f.default!s})"
+        if str(f.type) == "bool":  # a switch: present means true
+            parser.add_argument(
+                flag_name(f.name),
+                dest=f.name,
+                default=None,
+                action="store_const",
+                const=True,
+                help=help,
+            )
+            continue
         parser.add_argument(
-            flag_name(f.name),
-            dest=f.name,
-            default=None,
-            metavar=f.name.upper(),
-            help=f"{f.metadata['help']} (env {f.metadata['env']}; default {f.default})",
+            flag_name(f.name), dest=f.name, default=None, metavar=f.name.upper(), help=help
         )
     return parser
 

@@ -448,7 +448,7 @@ async def test_invalid_tool_schema_is_refused(server: UpstreamServer, schema: st
     request = dataclasses.replace(REQUEST, tools=(Tool("broken", "", schema),))
     _, error = await fail(settings(server), request)
     assert error.code is ErrorCode.INVALID_ARGUMENT
-    assert "'broken'" in error.message
+    assert '"broken"' in error.message
     assert server.requests == []
 
 

@@ -35,7 +35,7 @@ def test_precedence_defaults_file_environment_flags(tmp_path: Path) -> None:
     )
     loaded = settings.load(
         ThreadServiceSettings,
-        ["--config-home", str(home), "--listen", "0.0.0.0:7000"],
+        ["--config-home", str(home), "--listen", "0.0.0.0:7000", "--insecure-no-auth"],
         {"SPINDLE_DEFAULT_MODEL": "from-env", "SPINDLE_THREAD_LISTEN": "127.0.0.1:6500"},
     )
     assert loaded.max_spawn_depth == 7  # file over default

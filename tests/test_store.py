@@ -27,6 +27,7 @@ from thread_service.records import (
     TurnStatus,
 )
 from thread_service.store import ForkSource, ThreadFilter
+from thread_service.stores import operations as ops
 from thread_service.stores import schema
 from thread_service.stores.operations import Script, Statement
 from thread_service.stores.postgres import PostgresStore
@@ -406,12 +407,17 @@ async def test_concurrent_turns_on_one_thread_from_two_postgres_stores_run_one(
 # Migrations
 
 
-async def test_a_database_at_the_previous_version_is_migrated_and_kept(opener: Opener) -> None:
-    old = await opener(migrate_to=schema.VERSION - 1)
+async def test_migrations_from_every_version_keep_the_data(opener: Opener) -> None:
+    """Rows the first schema held, carried through each migration in turn."""
+    first = await opener(migrate_to=1)
     root = thread()
-    await old.create_thread(root)
+    values = {k: v for k, v in ops._thread_values(root).items() if k != "tenant"}
 
-    def old_turn() -> Script[None]:
+    def first_release_rows() -> Script[None]:
+        marks = ", ".join("?" * len(values))
+        yield Statement(
+            f"INSERT INTO threads ({', '.join(values)}) VALUES ({marks})", [*values.values()]
+        )
         yield Statement(
             "INSERT INTO items (thread_id, seq, turn_id, kind, inheritable, body) "
             "VALUES (?, 0, 't', 'message', 1, ?)",
@@ -424,13 +430,17 @@ async def test_a_database_at_the_previous_version_is_migrated_and_kept(opener: O
             (root.id,),
         )
 
-    await old._run(old_turn())
-    await old.close()
+    await first._run(first_release_rows())
+    await first.close()
+    for version in range(2, schema.VERSION):
+        await (await opener(migrate_to=version)).close()
     store = await opener()
     assert await store.get_thread(root.id) == root
     assert await store.read_history(root.id) == [said("kept")]
     await play(store, root.id, 2, answer("after"))
     assert await store.history_length(root.id) == 3
+    (old, new) = await store.list_turns(root.id, 0, 10)
+    assert (old.id, old.usage, new.status) == ("t", Usage(1, 0, 1), TurnStatus.COMPLETED)
 
 
 async def test_a_database_newer_than_the_build_is_refused(tmp_path: Path) -> None:

@@ -7,22 +7,33 @@ hash policy, keyed by a request header), so a key's requests, and a fork's
 first turn after its parent's, land where that key's prompt cache is warm.
 Replicas joining or leaving move only about 1/N of the keys; a replica that
 is down sends its keys to the next one on the ring.
+
+Every call has a deadline (`model_timeout`) and the channel pings its peer,
+so a model-service that hangs fails the turn instead of holding the thread.
+The model-service knows the thread-service by a bearer token (read from a
+file, again when it changes) or by its TLS client certificate.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
-from spindle import convert
+from spindle import convert, tls
 from spindle.errors import ErrorCode, ModelError, SpindleError
 from spindle.grpc_errors import model_error_from_rpc
 from spindle.model import ModelEvent, ModelRequest
-from spindle.serving import CHANNEL_OPTIONS
+from spindle.serving import CHANNEL_OPTIONS, KEEPALIVE_OPTIONS
+from spindle.settings import SettingsError
 from spindle.v1 import model_service_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 # The request header the ring hash policy hashes: the request's cache key.
 HASH_HEADER = "x-spindle-prompt-cache-key"
@@ -42,16 +53,86 @@ def service_config(balancing: str) -> str:
     return json.dumps({"loadBalancingConfig": [policy]})
 
 
+@dataclass(frozen=True, slots=True)
+class ModelServiceAccess:
+    """How to reach the model-service: balancing, deadline and credentials."""
+
+    balancing: str = "ring_hash"
+    timeout: float = 600.0
+    token_file: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+class _TokenFile:
+    """A bearer token kept in a file, read again when the file changes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self._files = tls.PemFiles([path])
+        self._token = self._read()
+
+    def _read(self) -> str:
+        try:
+            token = self.path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(
+                f"model_service_token_file {self.path}: cannot read: {exc}"
+            ) from None
+        if not token or not token.isprintable():
+            raise SettingsError(f"model_service_token_file {self.path}: holds no token")
+        return token
+
+    def token(self) -> str:
+        if self._files.changed():
+            try:
+                self._token = self._read()
+            except SettingsError as exc:
+                log.warning("kept the previous model-service token: %s", exc)
+        return self._token
+
+
 class ModelServiceClient:
-    def __init__(self, target: str, balancing: str = "ring_hash") -> None:
+    def __init__(self, target: str, access: ModelServiceAccess = ModelServiceAccess()) -> None:
         self.target = target
-        options = [*CHANNEL_OPTIONS, ("grpc.service_config", service_config(balancing))]
-        self._channel = grpc.aio.insecure_channel(target, options=options)
-        self._stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self.access = access
+        self._token = _TokenFile(access.token_file) if access.token_file else None
+        self._tls_files = tls.PemFiles([access.tls_ca, access.tls_cert, access.tls_key])
+        self._channel = self._connect()
+        self._old_channels: list[grpc.aio.Channel] = []
+
+    def _connect(self) -> grpc.aio.Channel:
+        options = [
+            *CHANNEL_OPTIONS,
+            *KEEPALIVE_OPTIONS,
+            ("grpc.service_config", service_config(self.access.balancing)),
+        ]
+        if not self.access.tls_ca:
+            return grpc.aio.insecure_channel(self.target, options=options)
+        credentials = tls.channel_credentials(
+            self.access.tls_ca, self.access.tls_cert, self.access.tls_key
+        )
+        return grpc.aio.secure_channel(self.target, credentials, options=options)
+
+    def _stub(self) -> model_service_pb2_grpc.ModelServiceStub:
+        """The stub, on a new channel once renewed certificates are on disk."""
+        if self.access.tls_ca and self._tls_files.changed():
+            try:
+                fresh = self._connect()
+            except SettingsError as exc:
+                log.warning("kept the previous TLS credentials: %s", exc)
+            else:
+                self._old_channels.append(self._channel)  # calls on it run to their end
+                self._channel = fresh
+        return model_service_pb2_grpc.ModelServiceStub(self._channel)
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
-        call = self._stub.Generate(
-            convert.request_to_pb(request), metadata=[(HASH_HEADER, request.prompt_cache_key)]
+        metadata = [(HASH_HEADER, request.prompt_cache_key)]
+        if self._token is not None:
+            metadata.append(("authorization", f"Bearer {self._token.token()}"))
+        call = self._stub().Generate(
+            convert.request_to_pb(request), metadata=metadata, timeout=self.access.timeout
         )
         try:
             async for message in call:
@@ -72,4 +153,5 @@ class ModelServiceClient:
             call.cancel()
 
     async def aclose(self) -> None:
-        await self._channel.close()
+        for channel in [*self._old_channels, self._channel]:
+            await channel.close()

@@ -18,6 +18,8 @@ T = TypeVar("T")
 Position = dict[str, Any]
 
 DEFAULT_PAGE_SIZE = 100
+# Bytes a page may hold, below the 4 MiB that gRPC clients receive by default.
+PAGE_BYTES = 3 << 20
 MAX_PAGE_SIZE = 1000
 MAX_TOKEN_LENGTH = 1024
 MAX_POSITION = 2**62
@@ -35,18 +37,29 @@ async def page(
     page_size: int,
     page_token: str,
     fetch: Callable[[Position | None, int], Awaitable[list[T]]],
-    next_position: Callable[[Position | None, list[T]], Position],
+    next_position: Callable[[Position | None, Sequence[T]], Position],
+    *,
+    size_of: Callable[[T], int] = lambda _: 0,
+    budget: int = PAGE_BYTES,
 ) -> tuple[list[T], str]:
     """One page of a listing: `fetch(position, limit)` reads from a position
     (None: the start), and `next_position(position, page)` says where the
     page after `page` begins. One more row than the page is read, so the last
-    page gets no token."""
+    page gets no token. A page also ends before its entries pass `budget`
+    bytes (by `size_of`), so that it fits the 4 MiB a gRPC client takes by
+    default; it holds at least one entry."""
     size = page_size_of(page_size)
     position = decode(listing, page_token)
     found = await fetch(position, size + 1)
-    if len(found) <= size:
+    kept, total = 0, 0
+    for entry in found[:size]:
+        total += size_of(entry)
+        if kept and total > budget:
+            break
+        kept += 1
+    if kept == len(found):
         return found, ""
-    found = found[:size]
+    found = found[:kept]
     return found, encode(listing, next_position(position, found))
 
 

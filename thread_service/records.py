@@ -59,6 +59,7 @@ class ThreadRecord:
     archived: bool = False
     trust: TrustState | None = None
     inherited: InheritedThreadState = field(default_factory=InheritedThreadState)
+    tenant: str = ""
 
     @property
     def prompt_cache_key(self) -> str:

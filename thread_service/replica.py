@@ -48,11 +48,22 @@ class Replica:
     async def start(self) -> None:
         await self.store.heartbeat(self.id)
         await self._end_orphans()
-        if not self.store.exclusive:
+        if self.store.exclusive:
+            self._tasks = [asyncio.create_task(self._probe())]
+        else:
             self._tasks = [
                 asyncio.create_task(self._keep_lease()),
                 asyncio.create_task(self._watch_interrupts()),
             ]
+
+    async def _probe(self) -> None:
+        """While the store cannot write, try a small write every second, so
+        that health turns back to SERVING as soon as it can."""
+        while True:
+            await asyncio.sleep(1.0)
+            if not self.store.healthy:
+                with contextlib.suppress(SpindleError):
+                    await self.store.heartbeat(self.id)
 
     async def _end_orphans(self) -> None:
         ended = await self.store.end_orphaned_turns(ORPHANED, lease=self.lease, alive=self.id)

@@ -12,6 +12,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from spindle import convert
+from spindle.edge import caller
 from spindle.errors import InvalidArgument
 from spindle.grpc_errors import rpc
 from spindle.model import ItemDone, TextDelta
@@ -130,6 +131,7 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
             instructions=request.instructions,
             agent_nickname=request.agent_nickname,
             agent_role=request.agent_role,
+            caller=caller(),
         )
         if result.warnings:
             await context.send_initial_metadata(
@@ -160,6 +162,7 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
             sub_agent_kind=request.sub_agent_kind,
             model=request.model,
             instructions=request.instructions,
+            caller=caller(),
         )
         return pb.SpawnThreadResponse(thread=thread_to_pb(thread))
 
@@ -167,14 +170,15 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
     async def ResumeThread(
         self, request: pb.ResumeThreadRequest, context: grpc.aio.ServicerContext
     ) -> pb.ResumeThreadResponse:
-        thread, length = await self.threads.resume(request.thread_id)
+        thread, length = await self.threads.resume(request.thread_id, caller())
         return pb.ResumeThreadResponse(thread=thread_to_pb(thread), history_length=length)
 
     @rpc
     async def GetThread(
         self, request: pb.GetThreadRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetThreadResponse:
-        return pb.GetThreadResponse(thread=thread_to_pb(await self.threads.get(request.thread_id)))
+        thread = await self.threads.get(request.thread_id, caller())
+        return pb.GetThreadResponse(thread=thread_to_pb(thread))
 
     @rpc
     async def ListThreads(
@@ -185,6 +189,7 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
             include_archived=request.include_archived,
             page_size=request.page_size,
             page_token=request.page_token,
+            caller=caller(),
         )
         return pb.ListThreadsResponse(
             threads=[thread_to_pb(t) for t in threads], next_page_token=token
@@ -195,7 +200,10 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
         self, request: pb.ListThreadItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListThreadItemsResponse:
         found, token = await self.threads.history(
-            request.thread_id, page_size=request.page_size, page_token=request.page_token
+            request.thread_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            caller=caller(),
         )
         return pb.ListThreadItemsResponse(
             items=[convert.item_to_pb(i) for i in found], next_page_token=token
@@ -205,7 +213,7 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
     async def ArchiveThread(
         self, request: pb.ArchiveThreadRequest, context: grpc.aio.ServicerContext
     ) -> pb.ArchiveThreadResponse:
-        thread = await self.threads.archive(request.thread_id)
+        thread = await self.threads.archive(request.thread_id, caller())
         return pb.ArchiveThreadResponse(thread=thread_to_pb(thread))
 
     @rpc
@@ -215,7 +223,7 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
         input_items = [convert.item_from_pb(i) for i in request.input]
         tools = [convert.tool_from_pb(t) for t in request.tools]
         turn_events = self.turns.run(
-            request.thread_id, input_items, tools, context.time_remaining()
+            request.thread_id, input_items, tools, context.time_remaining(), caller()
         )
         async for event in turn_events:
             if isinstance(event, TurnStarted):
@@ -243,13 +251,17 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
     async def InterruptTurn(
         self, request: pb.InterruptTurnRequest, context: grpc.aio.ServicerContext
     ) -> pb.InterruptTurnResponse:
-        return pb.InterruptTurnResponse(turn_id=await self.turns.interrupt(request.thread_id))
+        turn_id = await self.turns.interrupt(request.thread_id, caller())
+        return pb.InterruptTurnResponse(turn_id=turn_id)
 
     @rpc
     async def ListTurns(
         self, request: pb.ListTurnsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListTurnsResponse:
         turns, token = await self.turns.list_turns(
-            request.thread_id, page_size=request.page_size, page_token=request.page_token
+            request.thread_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            caller=caller(),
         )
         return pb.ListTurnsResponse(turns=[turn_to_pb(t) for t in turns], next_page_token=token)

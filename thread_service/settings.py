@@ -3,6 +3,7 @@ variables and flags (see `spindle.settings` for the precedence)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -12,6 +13,8 @@ from thread_service.model_client import BALANCING_POLICIES
 from thread_service.stores.backend import sqlite_path
 
 SQLITE_SYNCHRONOUS_MODES = ("FULL", "EXTRA", "NORMAL")
+# What one request to the model-service may carry, with room for its framing.
+MAX_HISTORY_CAP = 48 << 20
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,56 @@ class ThreadServiceSettings(ServiceSettings):
         "SPINDLE_STORE_TIMEOUT",
         "PostgreSQL: seconds to wait for a connection before a call fails UNAVAILABLE",
     )
+    model_service_token_file: str = setting(
+        "",
+        "SPINDLE_MODEL_SERVICE_TOKEN_FILE",
+        "file holding the bearer token to call the model-service with (read again when it changes)",
+    )
+    model_service_tls_ca: str = setting(
+        "",
+        "SPINDLE_MODEL_SERVICE_TLS_CA",
+        "PEM CA to verify the model-service's TLS certificate with; set, the channel uses TLS",
+    )
+    model_service_tls_cert: str = setting(
+        "", "SPINDLE_MODEL_SERVICE_TLS_CERT", "PEM client certificate for mutual TLS"
+    )
+    model_service_tls_key: str = setting(
+        "", "SPINDLE_MODEL_SERVICE_TLS_KEY", "PEM key of model_service_tls_cert"
+    )
+    model_timeout: float = setting(
+        600.0,
+        "SPINDLE_MODEL_TIMEOUT",
+        "seconds a model call may take at most (the deadline passed to the model-service)",
+    )
+    trust_roots: str = setting(
+        "",
+        "SPINDLE_TRUST_ROOTS",
+        "folders (separated by os.pathsep, ':') under which StartThread may work and trust "
+        "projects, for callers the auth_file gives none; empty: anywhere without auth_file, "
+        "nowhere with it",
+    )
+    max_item_bytes: int = setting(
+        1 << 20, "SPINDLE_MAX_ITEM_BYTES", "largest item of a turn's input, in bytes"
+    )
+    max_turn_bytes: int = setting(
+        2 << 20, "SPINDLE_MAX_TURN_BYTES", "largest turn input (items and tools), in bytes"
+    )
+    max_history_bytes: int = setting(
+        16 << 20,
+        "SPINDLE_MAX_HISTORY_BYTES",
+        "largest history of a thread, in bytes: what one model request must carry",
+    )
+    max_instructions_bytes: int = setting(
+        64 << 10, "SPINDLE_MAX_INSTRUCTIONS_BYTES", "longest instructions of a thread, in bytes"
+    )
+    rate_limit_requests: float = setting(
+        0.0, "SPINDLE_RATE_LIMIT_REQUESTS", "calls a principal may make a minute (0: no limit)"
+    )
+    rate_limit_tokens: float = setting(
+        0.0,
+        "SPINDLE_RATE_LIMIT_TOKENS",
+        "model tokens (input and output) a principal may use a minute (0: no limit)",
+    )
     turn_lease: float = setting(
         6.0,
         "SPINDLE_TURN_LEASE",
@@ -85,3 +138,24 @@ class ThreadServiceSettings(ServiceSettings):
             raise SettingsError("store_timeout must be within 0..600 seconds")
         if not 0.3 <= self.turn_lease <= 3600:
             raise SettingsError("turn_lease must be within 0.3..3600 seconds")
+        if bool(self.model_service_tls_cert) != bool(self.model_service_tls_key):
+            raise SettingsError("model_service_tls_cert and model_service_tls_key go together")
+        if self.model_service_tls_cert and not self.model_service_tls_ca:
+            raise SettingsError("mutual TLS to the model-service needs model_service_tls_ca")
+        if not 0 < self.model_timeout <= 86400:
+            raise SettingsError("model_timeout must be within 0..86400 seconds")
+        for root in self.trust_root_paths():
+            if not root.is_absolute():
+                raise SettingsError(f"trust_roots must be absolute paths, not {str(root)!r}")
+        limits = (self.max_item_bytes, self.max_turn_bytes, self.max_instructions_bytes)
+        fits = max(limits) <= self.max_history_bytes <= MAX_HISTORY_CAP
+        if min(limits) <= 0 or not fits:
+            raise SettingsError(
+                "need 0 < max_item_bytes, max_turn_bytes, max_instructions_bytes "
+                f"<= max_history_bytes <= {MAX_HISTORY_CAP}"
+            )
+        if self.rate_limit_requests < 0 or self.rate_limit_tokens < 0:
+            raise SettingsError("rate limits must be 0 (off) or positive")
+
+    def trust_root_paths(self) -> tuple[Path, ...]:
+        return tuple(Path(p) for p in self.trust_roots.split(os.pathsep) if p)

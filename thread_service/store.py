@@ -31,8 +31,9 @@ class ForkSource:
 
 @dataclass(frozen=True, slots=True)
 class ThreadFilter:
-    """Which threads a listing shows."""
+    """Which threads a listing shows: always those of one tenant."""
 
+    tenant: str = ""
     parent_id: str | None = None
     include_archived: bool = False
 
@@ -43,6 +44,10 @@ class Store(Protocol):
     @property
     def exclusive(self) -> bool:
         """True when one process owns the store (SQLite): no other replica runs turns."""
+
+    @property
+    def healthy(self) -> bool:
+        """False while the store cannot take writes (full disk, database gone)."""
 
     async def create_thread(self, thread: ThreadRecord) -> None:
         """A root thread or a fresh sub-agent: its history starts empty."""

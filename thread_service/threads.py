@@ -1,7 +1,9 @@
 """Thread lifecycle: start, spawn (fresh or fork), resume, read, archive.
 
 Plain Python over a `Store`; the gRPC servicer only translates. The rules of
-what a child inherits live in `thread_service.inheritance`.
+what a child inherits live in `thread_service.inheritance`, who may see and
+do what in `thread_service.access`: every method takes the `caller`, and a
+thread of another tenant is NOT_FOUND.
 """
 
 from __future__ import annotations
@@ -11,17 +13,26 @@ import dataclasses
 import enum
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from spindle.errors import FailedPrecondition, InvalidArgument, NotFound
-from spindle.items import Item
+from spindle.items import Item, size_of
+from spindle.model import check_model
 from thread_service import inheritance, pagination
+from thread_service.access import LOCAL, Principal, trust_roots
 from thread_service.pagination import Position
 from thread_service.records import Origin, ThreadRecord
 from thread_service.store import ForkSource, Store, ThreadFilter
 from thread_service.trust import Marked, ProjectTrust
-from thread_service.validation import check_cwd, check_sub_agent_kind, parse_thread_id
+from thread_service.validation import (
+    check_cwd,
+    check_label,
+    check_sub_agent_kind,
+    check_text_size,
+    parse_thread_id,
+)
 
 # What a sub-agent is when its creator names no kind; model requests of
 # sub-agents always say which kind of sub-agent is calling.
@@ -54,20 +65,35 @@ class Threads:
         *,
         default_model: str,
         max_spawn_depth: int,
+        max_instructions_bytes: int = 64 << 10,
+        trust_roots: tuple[Path, ...] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.trust = trust
         self.default_model = default_model
         self.max_spawn_depth = max_spawn_depth
+        self.max_instructions_bytes = max_instructions_bytes
+        self.trust_roots = trust_roots
         self.clock = clock
 
-    async def get(self, thread_id: str) -> ThreadRecord:
-        thread_id = parse_thread_id(thread_id)
+    async def get(
+        self, thread_id: str, caller: Principal = LOCAL, *, field: str = "thread_id"
+    ) -> ThreadRecord:
+        """The thread, if it exists and is the caller's tenant's; else NotFound."""
+        thread_id = parse_thread_id(thread_id, field)
         thread = await self.store.get_thread(thread_id)
-        if thread is None:
-            raise NotFound(f"thread {thread_id} does not exist")
+        if thread is None or thread.tenant != caller.tenant:
+            what = "parent thread" if field == "parent_id" else "thread"
+            raise NotFound(f"{what} {thread_id} does not exist", field=field)
         return thread
+
+    def _check_settings(self, model: str, instructions: str, nickname: str, role: str) -> None:
+        if model:
+            check_model(model)
+        check_text_size(instructions, self.max_instructions_bytes, "instructions")
+        check_label(nickname, "agent_nickname")
+        check_label(role, "agent_role")
 
     async def start(
         self,
@@ -77,9 +103,12 @@ class Threads:
         instructions: str = "",
         agent_nickname: str = "",
         agent_role: str = "",
+        caller: Principal = LOCAL,
     ) -> StartResult:
         """Start a root thread; trust its project, best effort (see `trust`)."""
-        marked = await asyncio.to_thread(self._mark_trusted, cwd)
+        self._check_settings(model, instructions, agent_nickname, agent_role)
+        roots = trust_roots(caller, self.trust_roots)
+        marked = await asyncio.to_thread(self._mark_trusted, cwd, roots)
         now = self.clock()
         thread = ThreadRecord(
             id=str(uuid.uuid4()),
@@ -93,14 +122,15 @@ class Threads:
             trust=marked.state,
             created_at=now,
             updated_at=now,
+            tenant=caller.tenant,
         )
         await self.store.create_thread(thread)
         warnings = (marked.warning,) if marked.warning else ()
         return StartResult(thread, warnings)
 
-    def _mark_trusted(self, cwd: str) -> Marked:
+    def _mark_trusted(self, cwd: str, roots: tuple[Path, ...] | None) -> Marked:
         """Check `cwd` and trust its project; blocking file work, run in a thread."""
-        return self.trust.mark_trusted(check_cwd(cwd))
+        return self.trust.mark_trusted(check_cwd(cwd, roots))
 
     async def spawn(
         self,
@@ -112,11 +142,13 @@ class Threads:
         sub_agent_kind: str = "",
         model: str = "",
         instructions: str = "",
+        caller: Principal = LOCAL,
     ) -> ThreadRecord:
         """Create a sub-agent thread: fresh (own key, empty history) or a fork
         (the parent's effective key, the parent's history sanitized)."""
         parent_id = parse_thread_id(parent_id, "parent_id")
         check_sub_agent_kind(sub_agent_kind)
+        self._check_settings(model, instructions, agent_nickname, agent_role)
         if fork is not None:
             if not fork.parent_spawn_call_id:
                 raise FailedPrecondition(
@@ -124,9 +156,7 @@ class Threads:
                 )
             if fork.mode == ForkMode.LAST_N_TURNS and fork.last_n_turns < 1:
                 raise InvalidArgument("fork.last_n_turns must be at least 1 in last-N-turns mode")
-        parent = await self.store.get_thread(parent_id)
-        if parent is None:
-            raise NotFound(f"parent thread {parent_id} does not exist")
+        parent = await self.get(parent_id, caller, field="parent_id")
         if parent.archived:
             raise FailedPrecondition(f"parent thread {parent_id} is archived")
         depth = parent.depth + 1
@@ -156,6 +186,7 @@ class Threads:
             inherited=inherited,
             created_at=now,
             updated_at=now,
+            tenant=parent.tenant,
         )
         if fork is None:
             await self.store.create_thread(child)
@@ -164,10 +195,10 @@ class Threads:
             await self.store.create_fork(child, ForkSource(parent.id, last_n))
         return child
 
-    async def resume(self, thread_id: str) -> tuple[ThreadRecord, int]:
+    async def resume(self, thread_id: str, caller: Principal = LOCAL) -> tuple[ThreadRecord, int]:
         """Open a new session of a persisted thread: its history, nickname, role
         and window generation as stored; its own id as prompt cache key."""
-        thread = await self.get(thread_id)
+        thread = await self.get(thread_id, caller)
         if thread.archived:
             raise FailedPrecondition(f"thread {thread.id} is archived")
         thread = dataclasses.replace(
@@ -179,8 +210,8 @@ class Threads:
         await self.store.update_thread(thread)
         return thread, await self.store.history_length(thread.id)
 
-    async def archive(self, thread_id: str) -> ThreadRecord:
-        thread = await self.get(thread_id)
+    async def archive(self, thread_id: str, caller: Principal = LOCAL) -> ThreadRecord:
+        thread = await self.get(thread_id, caller)
         if not thread.archived:
             thread = dataclasses.replace(thread, archived=True, updated_at=self.clock())
             await self.store.update_thread(thread)
@@ -193,8 +224,9 @@ class Threads:
         include_archived: bool = False,
         page_size: int = 0,
         page_token: str = "",
+        caller: Principal = LOCAL,
     ) -> tuple[list[ThreadRecord], str]:
-        parent = parse_thread_id(parent_id, "parent_id") if parent_id else None
+        parent = (await self.get(parent_id, caller, field="parent_id")).id if parent_id else None
 
         async def fetch(position: Position | None, limit: int) -> list[ThreadRecord]:
             after = None
@@ -204,23 +236,33 @@ class Threads:
                     pagination.position_str(position, "i"),
                 )
             return await self.store.list_threads(
-                ThreadFilter(parent, include_archived), after, limit
+                ThreadFilter(caller.tenant, parent, include_archived), after, limit
             )
 
-        def next_position(_: Position | None, found: list[ThreadRecord]) -> Position:
+        def next_position(_: Position | None, found: Sequence[ThreadRecord]) -> Position:
             return {"c": found[-1].created_at, "i": found[-1].id}
 
-        listing = f"threads:{parent or ''}:{int(include_archived)}"
-        return await pagination.page(listing, page_size, page_token, fetch, next_position)
+        listing = f"threads:{caller.tenant}:{parent or ''}:{int(include_archived)}"
+        return await pagination.page(
+            listing, page_size, page_token, fetch, next_position, size_of=thread_size
+        )
 
     async def history(
-        self, thread_id: str, *, page_size: int = 0, page_token: str = ""
+        self, thread_id: str, *, page_size: int = 0, page_token: str = "", caller: Principal = LOCAL
     ) -> tuple[list[Item], str]:
-        thread = await self.get(thread_id)
+        thread = await self.get(thread_id, caller)
 
         async def fetch(position: Position | None, limit: int) -> list[Item]:
             offset = pagination.position_int(position, "o") if position else 0
             return await self.store.read_history(thread.id, offset, limit)
 
-        listing = f"items:{thread.id}"
-        return await pagination.page(listing, page_size, page_token, fetch, pagination.next_offset)
+        listing = f"items:{thread.tenant}:{thread.id}"
+        return await pagination.page(
+            listing, page_size, page_token, fetch, pagination.next_offset, size_of=size_of
+        )
+
+
+def thread_size(thread: ThreadRecord) -> int:
+    """About how many bytes a thread takes in a listing."""
+    texts = (thread.instructions, thread.cwd, thread.agent_nickname, thread.agent_role)
+    return 512 + sum(len(text.encode("utf-8", "replace")) for text in texts)

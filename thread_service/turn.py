@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from spindle import items
-from spindle.errors import ErrorCode, SpindleError
+from spindle.errors import ErrorCode, ResourceExhausted, SpindleError, Unavailable
 from spindle.model import Completed, ItemDone, ModelRequest, ModelStreamer, TextDelta, Usage
 from thread_service.records import Entry, TurnError, TurnRecord, TurnStatus
 from thread_service.store import Store
@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 INTERNAL_FAILURE = "internal error; the server log has details"
+END_NOT_SAVED = (
+    "the turn ended but the store could not save its end; the service keeps trying, "
+    "and the thread takes new turns once it is saved"
+)
+SAVE_RETRY_MAX_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,8 @@ class Turn:
         record: TurnRecord,
         request: ModelRequest,
         input_items: Sequence[items.Item],
+        *,
+        on_usage: Callable[[Usage], None] = lambda _: None,
     ) -> None:
         self.store = store
         self.model = model
@@ -84,12 +91,20 @@ class Turn:
         self.request = request
         self.input_items = tuple(input_items)
         self.interrupt_reason: str | None = None
+        self._on_usage = on_usage
         self._events: asyncio.Queue[TurnEvent | _End] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        # Set while the end is being saved again after a failed write: an
+        # interrupt must not stop that, or the thread would stay RUNNING.
+        self._saving_end = False
 
     @property
     def id(self) -> str:
         return self.record.id
+
+    @property
+    def thread_id(self) -> str:
+        return self.record.thread_id
 
     def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self._run())
@@ -99,10 +114,13 @@ class Turn:
     def done(self) -> bool:
         return self._task is not None and self._task.done()
 
-    def interrupt(self, reason: str) -> None:
-        """Cut the turn short; it records itself INTERRUPTED with the first reason."""
+    def interrupt(self, reason: str, *, stop_saving: bool = False) -> None:
+        """Cut the turn short; it records itself INTERRUPTED with the first reason.
+        `stop_saving` (at shutdown) also stops retrying a failed save of its end."""
         if self.interrupt_reason is None:
             self.interrupt_reason = reason
+        if self._saving_end and not stop_saving:
+            return
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
@@ -123,41 +141,42 @@ class Turn:
 
     async def _run(self) -> None:
         """Record the turn's start, play it and record its end; whatever
-        happens, the events end."""
-        failure: SpindleError | None = None
+        happens, the events end (once)."""
+        end = _End()
         try:
             try:
                 entries = [Entry.of(item) for item in self.input_items]
                 _, cancelled = await _to_the_end(self.store.begin_turn(self.record, entries))
             except SpindleError as exc:  # refused (a turn already runs), or the store is down
-                failure = exc
+                end = _End(exc)
                 return
             outcome = await self._play(cancelled)
-            failure = outcome.failure
-            if failure is None:
+            end = _End(outcome.failure)
+            if not await self._save_end(outcome):
+                end = _End(Unavailable(END_NOT_SAVED))
+                self._events.put_nowait(end)  # the caller hears now; saving goes on
+                await self._save_end_until_done(outcome)
+                return
+            self._on_usage(outcome.usage)
+            if outcome.failure is None:
                 calls = tuple(i for i in outcome.outputs if isinstance(i, items.FunctionCall))
                 self._events.put_nowait(
                     TurnCompleted(self.id, outcome.status, outcome.usage, calls)
                 )
-        except Exception as exc:  # the store failed: say so, and free the thread
+        except Exception as exc:  # a bug, or a store failing in a way it should not
             log.exception("turn %s on thread %s could not be recorded", self.id, self.thread_id)
             error = TurnError(ErrorCode.INTERNAL, f"not recorded: {type(exc).__name__}")
             with contextlib.suppress(Exception):
                 await _to_the_end(
                     self.store.finish_turn(self.id, TurnStatus.FAILED, Usage(), error, [])
                 )
-            failure = SpindleError(INTERNAL_FAILURE)
+            end = _End(SpindleError(INTERNAL_FAILURE))
         finally:
-            self._events.put_nowait(_End(failure))
-
-    @property
-    def thread_id(self) -> str:
-        return self.record.thread_id
+            if not self._saving_end:
+                self._events.put_nowait(end)
 
     async def _play(self, cancelled: bool) -> Outcome:
-        """Call the model (unless the turn was cut while it started), then record
-        the end. Store writes run to the end even when the turn is interrupted
-        meanwhile: a turn is recorded whole, never half."""
+        """Call the model, unless the turn was cut while it started; how it ended."""
         if cancelled:
             outcome = Outcome(TurnStatus.INTERRUPTED)
         else:
@@ -166,11 +185,36 @@ class Turn:
         if outcome.status is TurnStatus.INTERRUPTED:
             reason = self.interrupt_reason or "interrupted"
             outcome = Outcome(outcome.status, outcome.usage, TurnError(ErrorCode.CANCELLED, reason))
-        outputs = [Entry.of(item) for item in outcome.outputs]
-        await _to_the_end(
-            self.store.finish_turn(self.id, outcome.status, outcome.usage, outcome.error, outputs)
-        )
         return outcome
+
+    async def _save_end(self, outcome: Outcome) -> bool:
+        """Record how the turn ended. The write runs to the end even when the
+        turn is interrupted meanwhile: a turn is recorded whole, never half.
+        False when the store could not take it (full, or unreachable)."""
+        outputs = [Entry.of(item) for item in outcome.outputs]
+        try:
+            await _to_the_end(
+                self.store.finish_turn(
+                    self.id, outcome.status, outcome.usage, outcome.error, outputs
+                )
+            )
+        except (Unavailable, ResourceExhausted) as exc:
+            log.warning("turn %s: its end could not be saved yet: %s", self.id, exc.message)
+            return False
+        return True
+
+    async def _save_end_until_done(self, outcome: Outcome) -> None:
+        """Try again, backing off, until the end is saved (or the service stops),
+        so that the thread does not stay RUNNING for good."""
+        self._saving_end = True
+        delay = 0.25
+        while True:
+            await asyncio.sleep(delay)
+            if await self._save_end(outcome):
+                log.info("turn %s: its end is saved now", self.id)
+                self._on_usage(outcome.usage)
+                return
+            delay = min(delay * 2, SAVE_RETRY_MAX_SECONDS)
 
     async def _call_model(self) -> Outcome:
         outputs: list[items.Item] = []

@@ -1,6 +1,7 @@
 """Checking what callers send, before anything is stored: ids, working
-directories, sub-agent kinds and a turn's input. Each check raises
-`InvalidArgument` with a message that names the field."""
+directories, names, sizes and a turn's input. Each check raises
+`InvalidArgument` (or PermissionDenied, FailedPrecondition) with a message
+that names the field and never echoes a long value whole."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from spindle import items
-from spindle.errors import InvalidArgument, quoted
+from spindle.errors import FailedPrecondition, InvalidArgument, PermissionDenied, quoted
 from spindle.model import Tool, check_tools
 
 _SUB_AGENT_KIND = re.compile(r"[!-~]{1,64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_LABEL_CHARS = 256
+OUTSIDE_ROOTS = "cwd is outside the folders this caller may work in"
 _INPUT_ROLES = (items.Role.USER, items.Role.DEVELOPER, items.Role.SYSTEM)
 
 
@@ -36,14 +40,39 @@ def check_sub_agent_kind(kind: str) -> None:
         )
 
 
-def check_cwd(cwd: str) -> Path:
-    """`cwd` resolved, or InvalidArgument saying what is wrong with it. Blocking."""
+def check_label(value: str, field: str) -> None:
+    """A short human label (nickname, role): one line of at most 256 characters."""
+    if len(value) > MAX_LABEL_CHARS or _CONTROL.search(value):
+        raise InvalidArgument(
+            f"{field} must be one line of at most {MAX_LABEL_CHARS} characters", field=field
+        )
+
+
+def check_text_size(text: str, limit: int, field: str) -> None:
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise InvalidArgument(f"{field} is {size} bytes; the limit is {limit}", field=field)
+
+
+def _under(path: Path, roots: tuple[Path, ...]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def check_cwd(cwd: str, roots: tuple[Path, ...] | None = None) -> Path:
+    """`cwd` resolved, or an error saying what is wrong with it. Blocking.
+
+    With `roots` (None: anywhere), a cwd outside them is PermissionDenied
+    before the file system is asked anything, and again if its real path
+    leaves them, so the answer never tells whether a path exists elsewhere.
+    """
     if not cwd:
         raise InvalidArgument("cwd is empty; give the absolute path of an existing directory")
     if "\0" in cwd:
         raise InvalidArgument("cwd must not contain a NUL character")
     if not os.path.isabs(cwd):
         raise InvalidArgument(f"cwd must be an absolute path, got {quoted(cwd)}")
+    if roots is not None and not _under(Path(os.path.normpath(cwd)), roots):
+        raise PermissionDenied(OUTSIDE_ROOTS, field="cwd")
     try:
         resolved = Path(cwd).resolve(strict=True)
         is_dir = resolved.is_dir()
@@ -52,9 +81,51 @@ def check_cwd(cwd: str) -> Path:
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "a symlink loop"
         raise InvalidArgument(f"cwd {quoted(cwd)} cannot be used: {reason}") from None
+    if roots is not None and not _under(resolved, roots):
+        raise PermissionDenied(OUTSIDE_ROOTS, field="cwd")
     if not is_dir:
         raise InvalidArgument(f"cwd {quoted(cwd)} is not a directory")
+    try:
+        str(resolved).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"cwd {quoted(cwd)} leads to a path that is not UTF-8") from None
     return resolved
+
+
+def check_turn_size(
+    input_items: Sequence[items.Item],
+    tools: Sequence[Tool],
+    history_bytes: int,
+    *,
+    max_item: int,
+    max_turn: int,
+    max_history: int,
+) -> int:
+    """The size of a turn's input, checked against the limits; its bytes."""
+    total = 0
+    for index, item in enumerate(input_items):
+        size = items.size_of(item)
+        if size > max_item:
+            raise InvalidArgument(
+                f"input[{index}] is {size} bytes; the limit is {max_item} (max_item_bytes)",
+                field=f"input[{index}]",
+            )
+        total += size
+    total += sum(len(t.name) + len(t.description) + len(t.parameters_json) for t in tools)
+    if total > max_turn:
+        raise InvalidArgument(
+            f"the turn's input is {total} bytes; the limit is {max_turn} (max_turn_bytes)",
+            field="input",
+        )
+    if history_bytes + total > max_history:
+        raise FailedPrecondition(
+            f"this turn would grow the thread's history to {history_bytes + total} bytes, "
+            f"past the {max_history} one model request may carry (max_history_bytes); "
+            "fork the thread with fewer turns to go on",
+            reason="HISTORY_TOO_LARGE",
+            metadata={"limit": str(max_history), "history_bytes": str(history_bytes)},
+        )
+    return total
 
 
 def check_turn_input(

@@ -121,6 +121,7 @@ _THREAD_COLUMNS = (
     "trust_source",
     "created_at",
     "updated_at",
+    "tenant",
 )
 _THREADS = ", ".join(_THREAD_COLUMNS)
 
@@ -148,6 +149,7 @@ def _thread_values(thread: ThreadRecord) -> dict[str, Any]:
         "trust_source": trust.source.value if trust else None,
         "created_at": thread.created_at,
         "updated_at": thread.updated_at,
+        "tenant": thread.tenant,
     }
 
 
@@ -176,6 +178,7 @@ def thread_from_row(row: Row) -> ThreadRecord:
         trust=trust,
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        tenant=row["tenant"],
     )
 
 
@@ -251,8 +254,8 @@ def update_thread(thread: ThreadRecord) -> Script[None]:
 def list_threads(
     which: ThreadFilter, after: tuple[float, str] | None, limit: int
 ) -> Script[list[ThreadRecord]]:
-    where: list[str] = []
-    params: list[Any] = []
+    where = ["tenant = ?"]
+    params: list[Any] = [which.tenant]
     if which.parent_id is not None:
         where.append("parent_id = ?")
         params.append(which.parent_id)
@@ -261,9 +264,9 @@ def list_threads(
     if after is not None:
         where.append("(created_at > ? OR (created_at = ? AND id > ?))")
         params.extend([after[0], after[0], after[1]])
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
     found = yield rows(
-        f"SELECT {_THREADS} FROM threads {clause} ORDER BY created_at, id LIMIT ?",
+        f"SELECT {_THREADS} FROM threads WHERE {' AND '.join(where)} "
+        "ORDER BY created_at, id LIMIT ?",
         *params,
         limit,
     )

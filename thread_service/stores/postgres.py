@@ -20,7 +20,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from spindle.errors import StartupError, Unavailable
+from spindle.errors import ResourceExhausted, StartupError, Unavailable
 from thread_service.stores import schema
 from thread_service.stores.operations import Conflict, Script, Statement, T, advance
 from thread_service.stores.sql_store import SqlStore
@@ -86,9 +86,17 @@ class PostgresStore(SqlStore):
     async def _transaction(self, script: Script[T]) -> T:
         try:
             async with self._pool.connection() as conn, conn.transaction():
-                return await _drive(conn, script)
+                result = await _drive(conn, script)
+        except psycopg.errors.InsufficientResources as exc:  # disk full, out of memory
+            self.healthy = False
+            raise ResourceExhausted(
+                f"the database {self.where} is out of resources: {_reason(exc)}"
+            ) from None
         except (PoolTimeout, psycopg.OperationalError) as exc:
+            self.healthy = False
             raise Unavailable(f"the database {self.where} is unavailable: {_reason(exc)}") from None
+        self.healthy = True
+        return result
 
     async def _migrate(self, target: int) -> None:
         async with self._pool.connection() as conn:

@@ -88,6 +88,13 @@ MIGRATIONS: tuple[str, ...] = (
         heartbeat_at DOUBLE PRECISION NOT NULL
     );
     """,
+    # 3: tenants. A thread belongs to its creator's tenant; listings are per tenant.
+    """
+    ALTER TABLE threads ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+    CREATE INDEX IF NOT EXISTS threads_by_tenant ON threads (tenant, created_at, id);
+    CREATE INDEX IF NOT EXISTS threads_by_tenant_parent
+        ON threads (tenant, parent_id, created_at, id);
+    """,
 )
 
 VERSION = len(MIGRATIONS)

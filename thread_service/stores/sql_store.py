@@ -21,6 +21,9 @@ class SqlStore:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
+        # False after a transaction failed for want of the database (a full
+        # disk, a lost connection) until one succeeds; health follows it.
+        self.healthy = True
 
     async def _run(self, script: Script[T]) -> T:
         raise NotImplementedError

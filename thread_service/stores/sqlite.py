@@ -4,12 +4,20 @@ One connection, used from one worker thread, runs every transaction of the
 process; a lock file keeps a second process off the same database, so this
 store is `exclusive`: turns still marked running at start belong to a
 process that is gone.
+
+Faults: a full disk fails a write with RESOURCE_EXHAUSTED and an I/O error
+with UNAVAILABLE, and the store reports itself unhealthy until a write
+succeeds again. A database file removed or replaced under a running service
+is noticed before the next transaction (the store stops serving rather than
+write to a file nobody will read), and a write-ahead log without its
+database refuses the start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import sqlite3
 import time
@@ -18,10 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from spindle.errors import StartupError
+from spindle.errors import ResourceExhausted, SpindleError, StartupError, Unavailable
 from thread_service.stores import schema
 from thread_service.stores.operations import Conflict, Script, Statement, T, advance
 from thread_service.stores.sql_store import SqlStore
+
+log = logging.getLogger(__name__)
 
 
 class SQLiteStore(SqlStore):
@@ -39,6 +49,8 @@ class SQLiteStore(SqlStore):
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._closed = False
+        self._inode = 0
+        self._lost = ""  # why the database file can no longer be used
 
     @classmethod
     async def open(
@@ -54,6 +66,9 @@ class SQLiteStore(SqlStore):
             await asyncio.get_running_loop().run_in_executor(
                 store._executor, store._connect, migrate_to
             )
+        except (OSError, sqlite3.Error) as exc:
+            await store.close()
+            raise StartupError(f"cannot open the database {path}: {_reason(exc)}") from None
         except BaseException:
             await store.close()
             raise
@@ -62,8 +77,15 @@ class SQLiteStore(SqlStore):
     def _connect(self, migrate_to: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock_fd = _lock(self.path.with_name(self.path.name + ".lock"))
-        if not self.path.exists():  # private from the start: the history is the users'
+        if not self.path.exists():
+            if self.path.with_name(self.path.name + "-wal").exists():
+                raise StartupError(
+                    f"{self.path} is missing but its write-ahead log is there: the database "
+                    "was removed or moved; restore it (with its -wal file) or move the log away"
+                )
+            # Private from the start: the history is the users'.
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        self._inode = os.stat(self.path).st_ino
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
@@ -82,15 +104,39 @@ class SQLiteStore(SqlStore):
     def _transaction(self, script: Script[T]) -> T:
         if self._conn is None:
             raise RuntimeError("store is closed")
+        self._check_file()
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            result = _drive(conn, script)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = _drive(conn, script)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            self.healthy = False
+            raise _fault(exc, self.path) from None
+        self.healthy = True
         return result
+
+    def _check_file(self) -> None:
+        """Refuse to go on when the database file is not the one opened."""
+        if not self._lost:
+            try:
+                if os.stat(self.path).st_ino != self._inode:
+                    self._lost = "was replaced"
+            except FileNotFoundError:
+                self._lost = "was removed"
+            except OSError as exc:
+                raise Unavailable(f"cannot check the database file: {_reason(exc)}") from None
+        if self._lost:
+            self.healthy = False
+            raise Unavailable(
+                f"the database file {self.path} {self._lost} while the service ran; it stopped "
+                "writing: restore the file, then restart the service"
+            )
 
     async def close(self) -> None:
         if self._closed:
@@ -107,6 +153,21 @@ class SQLiteStore(SqlStore):
 
         await asyncio.get_running_loop().run_in_executor(self._executor, close)
         self._executor.shutdown(wait=True)
+
+
+def _fault(exc: sqlite3.OperationalError, path: Path) -> SpindleError:
+    """What a failed transaction means to a caller; the detail goes to the log."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name == "SQLITE_FULL":
+        return ResourceExhausted(f"the disk holding {path.parent} is full; nothing was saved")
+    log.warning("database %s: %s", path, exc)
+    return Unavailable("the database cannot be written now; nothing was saved")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 def _drive(conn: sqlite3.Connection, script: Script[T]) -> T:

@@ -1,0 +1,154 @@
+"""What every call goes through before a servicer sees it: decoding,
+authentication and the per-principal request rate.
+
+- A payload that does not decode as the method's request message ends the
+  call with INVALID_ARGUMENT (gRPC itself would answer UNKNOWN and log a
+  traceback for each), logged in one line at most every few seconds.
+- The caller's credentials (a bearer token in `authorization`, or a TLS
+  client certificate) name a principal (`spindle.auth`), or the call ends
+  UNAUTHENTICATED. The servicer reads it with `caller()`.
+- Health checking and reflection stay open to every caller: probes and
+  tools need them, and they reveal nothing but the public API.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from spindle.auth import LOCAL, Authenticator, Principal
+from spindle.errors import InvalidArgument, SpindleError
+from spindle.grpc_errors import abort
+from spindle.ratelimit import RateLimit
+
+log = logging.getLogger(__name__)
+
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_CALLER: contextvars.ContextVar[Principal] = contextvars.ContextVar("caller", default=LOCAL)
+
+
+def caller() -> Principal:
+    """The principal of the call being served (set by `Edge` for this call)."""
+    return _CALLER.get()
+
+
+class _Undecodable:
+    """What a request that could not be decoded becomes, instead of an error."""
+
+
+_UNDECODABLE = _Undecodable()
+
+
+class _OncePer:
+    """Lets a log line through at most once per `seconds`, counting the rest."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last = -seconds
+        self.suppressed = 0
+
+    def ready(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.seconds:
+            self.suppressed += 1
+            return False
+        self._last = now
+        return True
+
+
+class Edge(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, authenticator: Authenticator, requests: RateLimit | None = None) -> None:
+        self.authenticator = authenticator
+        self.requests = requests
+        self._undecodable_log = _OncePer(10.0)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_PREFIXES):
+            return handler
+        decode = handler.request_deserializer
+
+        def safe_decode(data: bytes) -> Any:
+            try:
+                return decode(data)
+            except Exception:
+                return _UNDECODABLE
+
+        method = details.method
+        if handler.unary_unary is not None:
+            return handler._replace(
+                request_deserializer=safe_decode,
+                unary_unary=self._unary(handler.unary_unary, method),
+            )
+        if handler.unary_stream is not None:
+            return handler._replace(
+                request_deserializer=safe_decode,
+                unary_stream=self._stream(handler.unary_stream, method),
+            )
+        return handler  # no client-streaming methods are served
+
+    def _admit(self, request: Any, context: grpc.aio.ServicerContext, method: str) -> None:
+        """Raise unless the call may proceed; remember its principal."""
+        if request is _UNDECODABLE:
+            if self._undecodable_log.ready():
+                log.warning(
+                    "undecodable %s request (%d more since the last such line)",
+                    method,
+                    self._undecodable_log.suppressed,
+                )
+                self._undecodable_log.suppressed = 0
+            raise InvalidArgument(f"the payload is not a valid request message for {method}")
+        metadata = dict(context.invocation_metadata() or ())
+        principal = self.authenticator.authenticate(
+            _text(metadata.get("authorization")), _certificate_names(context)
+        )
+        if self.requests is not None:
+            self.requests.check(principal.name, 1)
+        _CALLER.set(principal)
+
+    def _unary(self, behaviour: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Any]:
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                self._admit(request, context, method)
+            except SpindleError as exc:
+                await abort(context, exc)
+            return await behaviour(request, context)
+
+        return guarded
+
+    def _stream(
+        self, behaviour: Callable[..., AsyncIterator[Any]], method: str
+    ) -> Callable[..., Any]:
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                self._admit(request, context, method)
+            except SpindleError as exc:
+                await abort(context, exc)
+            async for response in behaviour(request, context):
+                yield response
+
+        return guarded
+
+
+def _text(value: str | bytes | None) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def _certificate_names(context: grpc.aio.ServicerContext) -> list[str]:
+    """The verified client certificate's common name and subject alternative names."""
+    auth = context.auth_context() or {}
+    names: list[str] = []
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        names.extend(value.decode("utf-8", "replace") for value in auth.get(key, ()))
+    return names
