@@ -36,6 +36,9 @@ from spindle.settings import SettingsError
 log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "spx_"
+# ErrorInfo reasons of a call refused for its credentials.
+CREDENTIALS_REQUIRED = "CREDENTIALS_REQUIRED"
+CREDENTIALS_INVALID = "CREDENTIALS_INVALID"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9._@-]{1,128}")
 # How often a request may cause the file's metadata to be checked.
@@ -182,19 +185,25 @@ class Authenticator:
         if authorization:
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthenticated("the authorization metadata must be `Bearer <token>`")
+                raise Unauthenticated(
+                    "the authorization metadata must be `Bearer <token>`",
+                    reason=CREDENTIALS_INVALID,
+                )
             principal = self.principals.by_token(token.strip())
             if principal is None:
-                raise Unauthenticated("the bearer token is not valid")
+                raise Unauthenticated("the bearer token is not valid", reason=CREDENTIALS_INVALID)
             return principal
         if cert_names:
             principal = self.principals.by_cert_names(cert_names)
             if principal is None:
-                raise Unauthenticated("the client certificate names no principal")
+                raise Unauthenticated(
+                    "the client certificate names no principal", reason=CREDENTIALS_INVALID
+                )
             return principal
         raise Unauthenticated(
             "credentials are required: a bearer token in the `authorization` metadata, "
-            "or a client certificate"
+            "or a client certificate",
+            reason=CREDENTIALS_REQUIRED,
         )
 
 

@@ -22,6 +22,7 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from spindle.auth import CREDENTIALS_INVALID, CREDENTIALS_REQUIRED
 from spindle.errors import ErrorCode, ModelError, SpindleError
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,30 @@ def error_code(status: grpc.StatusCode) -> ErrorCode:
         return ErrorCode.UNAVAILABLE
 
 
+def error_reason(error: grpc.RpcError) -> str:
+    """The ErrorInfo reason a failed call carries, or ''."""
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # details that contradict the call's own status
+        return ""
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""
+
+
 def model_error_from_rpc(error: grpc.RpcError, what: str) -> ModelError:
-    """A failed call to the model-service, as a domain error that keeps its code."""
+    """A failed call to the model-service, as a domain error that keeps its code
+    (a refusal of this service's own credentials is the service's fault, not
+    the caller's: UNAVAILABLE)."""
     status = error.code()
     details = error.details() or status.name
+    if error_reason(error) in (CREDENTIALS_REQUIRED, CREDENTIALS_INVALID):
+        return ModelError(
+            f"{what} does not accept this thread-service's credentials: {details}",
+            code=ErrorCode.UNAVAILABLE,
+        )
     if status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN) and "connect" in details:
         details = f"cannot reach {what}: {details}"
     return ModelError(details, code=error_code(status))

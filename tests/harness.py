@@ -4,6 +4,7 @@ loop, or as real processes, always on loopback with ephemeral ports."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ import grpc
 from model_service.app import build as build_model_service
 from model_service.settings import ModelServiceSettings
 from spindle import serving
+from spindle.settings import ServiceSettings
 from spindle.v1 import model_service_pb2_grpc, thread_service_pb2_grpc
 from thread_service.app import build as build_thread_service
 from thread_service.settings import ThreadServiceSettings
@@ -88,9 +90,12 @@ def start_stack(
     model_settings: ModelServiceSettings | None = None,
     max_spawn_depth: int = 4,
     config_home: Path | None = None,
+    **thread_settings: Any,
 ) -> Stack:
+    """A model-service and a thread-service in this process; `thread_settings`
+    override the thread-service's settings."""
     model_settings = model_settings or ModelServiceSettings(config_home=tmp / "model-home")
-    model_server = loop.run(_start(build_model_service(model_settings)))
+    model_server = loop.run(_start(build_model_service(model_settings), model_settings))
     settings = ThreadServiceSettings(
         config_home=config_home or tmp / "home",
         data_dir=tmp / "data",
@@ -98,15 +103,18 @@ def start_stack(
         max_spawn_depth=max_spawn_depth,
         sqlite_synchronous="NORMAL",
     )
+    settings = dataclasses.replace(settings, **thread_settings)
     stack = Stack(loop, settings, model_port=model_server.port, servers=[model_server])
-    thread_server = loop.run(_start(build_thread_service(settings)))
+    thread_server = loop.run(_start(build_thread_service(settings), settings))
     stack.servers.append(thread_server)
     stack.thread_port = thread_server.port
     return stack
 
 
-async def _start(service: Awaitable[serving.Service]) -> serving.RunningServer:
-    return await serving.start(await service, "127.0.0.1:0")
+async def _start(
+    service: Awaitable[serving.Service], settings: ServiceSettings
+) -> serving.RunningServer:
+    return await serving.start(await service, "127.0.0.1:0", serving.credentials_of(settings))
 
 
 _LISTENING = re.compile(r"listening on [^\s:]+:(\d+)")
