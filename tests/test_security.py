@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -113,7 +113,7 @@ def test_tenants_see_only_their_own_threads(secured: Stack, tmp_path: Path) -> N
     assert child.prompt_cache_key == root.id
 
     # Bob, of another tenant, is told the thread does not exist, whatever he asks.
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: stub.GetThread(pb.GetThreadRequest(thread_id=root.id), metadata=bearer(BOB)),
         lambda: stub.ListThreadItems(
             pb.ListThreadItemsRequest(thread_id=root.id), metadata=bearer(BOB)
