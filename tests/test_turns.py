@@ -12,7 +12,7 @@ import pytest
 from spindle import items
 from spindle.errors import SpindleError
 from spindle.model import Completed, ModelEvent, ModelRequest, TextDelta
-from thread_service.records import TurnStatus
+from thread_service.records import Entry, TurnRecord, TurnStatus
 from thread_service.stores.sqlite import SQLiteStore
 from thread_service.threads import Threads
 from thread_service.trust import ProjectTrust
@@ -86,4 +86,19 @@ async def test_repeated_interrupts_still_record_one_interrupted_turn(tmp_path: P
     # Nothing of the model's output is kept, only the input.
     history = await store.read_history(thread_id)
     assert history == HELLO
+    await store.close()
+
+
+async def test_interrupt_ends_a_running_turn_that_no_task_runs(tmp_path: Path) -> None:
+    """A turn the store holds as running, owned by this process, with no task
+    running it (its task is gone): InterruptTurn ends it, so the thread is free."""
+    store, _, turns, thread_id = await setup(tmp_path)
+    orphan = TurnRecord("turn-without-a-task", thread_id, TurnStatus.RUNNING, 1.0, turns.owner)
+    await store.begin_turn(orphan, [Entry.of(HELLO[0])])
+    assert await turns.interrupt(thread_id) == orphan.id
+    ended = await store.get_turn(orphan.id)
+    assert ended is not None and ended.status is TurnStatus.INTERRUPTED
+    assert ended.error is not None and "no task was running" in ended.error.message
+    assert await turns.interrupt(thread_id) == ""
+    assert await store.running_turn(thread_id) is None
     await store.close()

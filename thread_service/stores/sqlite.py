@@ -144,9 +144,13 @@ class SQLiteStore(SqlStore):
         self._closed = True
 
         def close() -> None:
-            if self._conn is not None:
+            if self._conn is not None and self._lost:
+                # Closing would checkpoint the log into the removed file and
+                # delete the log: the last copy of those writes. Keep it.
+                log.error("kept the write-ahead log of %s: the database file is gone", self.path)
+            elif self._conn is not None:
                 self._conn.close()
-                self._conn = None
+            self._conn = None
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
