@@ -352,8 +352,9 @@ async def test_responses_wire_request_mapping(server: UpstreamServer) -> None:
     body = server.requests[0].body
 
     def message(role: str, text: str, **extra: str) -> dict[str, Any]:
-        part = "output_text" if role == "assistant" else "input_text"
-        return {"type": "message", "role": role, "content": [{"type": part, "text": text}], **extra}
+        if role == "assistant":  # the input form of replayed text: string content, phase
+            return {"type": "message", "role": role, "content": text, **extra}
+        return {"type": "message", "role": role, "content": [{"type": "input_text", "text": text}]}
 
     assert body["instructions"] == "Be brief."
     assert body["input"] == [
