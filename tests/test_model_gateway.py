@@ -240,3 +240,21 @@ def test_bad_tools_and_sub_agent_kinds_are_refused_before_anything_is_recorded(
     with raises_status(grpc.StatusCode.INVALID_ARGUMENT, "sub_agent_kind"):
         stub.SpawnThread(tpb.SpawnThreadRequest(parent_id=root.id, sub_agent_kind="bad\nkind é"))
     assert upstream.requests == []
+
+
+# Secrets through every hop
+
+
+def test_a_key_at_the_message_limit_reaches_neither_the_client_nor_the_turn_record(
+    gateway: Stack, upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    key = "sk-test-secret-123"
+    stub = gateway.threads
+    root = start(stub, tmp_path, model="gpt-test")
+    for offset in (480, 485, 488, 490, 495):
+        upstream.script(error_reply(401, "." * offset + key + " is not a valid key"))
+        with raises_status(grpc.StatusCode.UNAUTHENTICATED) as info:
+            turn(stub, root.id, user("hi"))
+        turns = stub.ListTurns(tpb.ListTurnsRequest(thread_id=root.id)).turns
+        for text in (info.value.details(), turns[-1].error.message):
+            assert not any(key[:n] in text for n in range(4, len(key) + 1)), text
