@@ -508,7 +508,9 @@ async def test_connection_refused_is_unavailable_after_retries() -> None:
     )
     _, error = await fail(refused)
     assert error.code is ErrorCode.UNAVAILABLE
-    assert error.message.startswith("provider 'down': connection failed")
+    assert error.message == (
+        "provider 'down': cannot connect to the provider: All connection attempts failed"
+    )
 
 
 async def test_cut_before_the_first_event_is_retried(server: UpstreamServer) -> None:

@@ -2,7 +2,8 @@
 configured from config.toml, it forwards prompt_cache_key and identity
 headers unchanged, maps upstream failures to statuses, and closes the
 upstream request when the gRPC call ends early. The thread-service behind
-it records failed turns and keeps their input."""
+it records failed turns and keeps their input, and what its clients read
+names the hop that failed."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import grpc
 import pytest
 
 from model_service.providers.http import HttpProvider
+from model_service.servicer import ORIGIN_METADATA
 from model_service.settings import ModelServiceSettings
 from spindle import convert, settings
 from spindle.model import Usage
@@ -21,7 +23,15 @@ from spindle.v1 import common_pb2 as c
 from spindle.v1 import model_service_pb2 as mpb
 from spindle.v1 import thread_service_pb2 as tpb
 from tests.harness import LoopThread, Stack, start_stack, wait_until
-from tests.rpc import assert_kept_only_input, fork, raises_status, start, turn, user
+from tests.rpc import (
+    assert_kept_only_input,
+    fork,
+    only_turn,
+    raises_status,
+    start,
+    turn,
+    user,
+)
 from tests.upstream import (
     Reply,
     UpstreamServer,
@@ -240,6 +250,50 @@ def test_bad_tools_and_sub_agent_kinds_are_refused_before_anything_is_recorded(
     with raises_status(grpc.StatusCode.INVALID_ARGUMENT, "sub_agent_kind"):
         stub.SpawnThread(tpb.SpawnThreadRequest(parent_id=root.id, sub_agent_kind="bad\nkind é"))
     assert upstream.requests == []
+
+
+# Which hop failed
+
+
+def test_an_unreachable_provider_is_named_by_the_model_service(
+    gateway: Stack, upstream: UpstreamServer
+) -> None:
+    upstream.stop()
+    with raises_status(grpc.StatusCode.UNAVAILABLE) as info:
+        list(gateway.models.Generate(request()))
+    assert info.value.details() == (
+        "provider 'local': cannot connect to the provider: All connection attempts failed"
+    )
+    # The mark that tells a client the model-service itself sent this status.
+    assert tuple(info.value.trailing_metadata()) == ORIGIN_METADATA
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the lead's grpc_errors change: model_error_from_rpc prefixes "
+    "'cannot reach the model-service at ...' to any UNAVAILABLE message holding 'connect'",
+)
+def test_a_client_reads_that_the_provider_and_not_the_model_service_is_down(
+    gateway: Stack, upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    upstream.stop()
+    stub = gateway.threads
+    root = start(stub, tmp_path, model="gpt-test")
+    with raises_status(grpc.StatusCode.UNAVAILABLE) as info:
+        turn(stub, root.id, user("anyone there?"))
+    expected = "provider 'local': cannot connect to the provider: All connection attempts failed"
+    assert info.value.details() == expected
+    assert only_turn(stub, root.id).error.message == expected
+
+
+def test_an_unreachable_model_service_is_still_named_as_such(
+    gateway: Stack, tmp_path: Path
+) -> None:
+    stub = gateway.threads
+    root = start(stub, tmp_path, model="gpt-test")
+    gateway.loop.run(gateway.servers[0].stop(0))  # the model-service
+    with raises_status(grpc.StatusCode.UNAVAILABLE, "cannot reach the model-service at"):
+        turn(stub, root.id, user("anyone there?"))
 
 
 # Secrets through every hop

@@ -314,6 +314,7 @@ class UpstreamServer:
         self._thread = threading.Thread(target=self._loop.run_forever, name="upstream", daemon=True)
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._stopped = False
 
     @property
     def base_url(self) -> str:
@@ -344,6 +345,10 @@ class UpstreamServer:
         return self
 
     def stop(self) -> None:
+        """Close the port and every connection; a test may stop a server early."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._server is not None:
             asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=5)
         self._loop.call_soon_threadsafe(self._loop.stop)

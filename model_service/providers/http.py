@@ -229,8 +229,13 @@ class HttpProvider:
                 f"no data for more than {self.settings.read_timeout:g} s (read_timeout)",
                 code=ErrorCode.DEADLINE_EXCEEDED,
             ) from None
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # The hop that failed is the provider's, named so: callers see this
+            # message behind the model-service and the thread-service.
+            message = f"cannot connect to the provider: {str(exc) or type(exc).__name__}"
+            raise _Retryable(ModelError(message, code=ErrorCode.UNAVAILABLE)) from None
         except httpx.TransportError as exc:
-            message = f"connection failed: {str(exc) or type(exc).__name__}"
+            message = f"connection to the provider failed: {str(exc) or type(exc).__name__}"
             raise _Retryable(ModelError(message, code=ErrorCode.UNAVAILABLE)) from None
         except httpx.HTTPError as exc:  # a body httpx cannot decode, for one
             message = f"bad response: {str(exc) or type(exc).__name__}"
