@@ -36,12 +36,12 @@ class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]
     ) -> AsyncIterator[pb.GenerateResponse]:
         context.set_trailing_metadata(ORIGIN_METADATA)
         model_request = convert.request_from_pb(request)
-        provider = self.router.provider_name(model_request.model)
-        usage, outcome = Usage(), "CANCELLED"
+        provider, usage, outcome = "-", Usage(), "CANCELLED"
         try:
+            provider = self.router.provider_name(model_request.model)
             async with (
                 asyncio.timeout(context.time_remaining()),
-                aclosing(self.router.stream(model_request)) as events,
+                aclosing(self.router.providers[provider].stream(model_request)) as events,
             ):
                 async for event in events:
                     if isinstance(event, Completed):

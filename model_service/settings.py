@@ -85,10 +85,14 @@ class ModelServiceSettings(ServiceSettings):
     SECTION: ClassVar[str] = "model_service"
 
     listen: str = setting("127.0.0.1:50052", "SPINDLE_MODEL_LISTEN", "HOST:PORT to serve on")
+    # Unset (""), a model not named in [model_service.models] is served only if
+    # the embedded provider serves its name (EmbeddedProvider.serves), else it is
+    # NOT_FOUND; set, even to "embedded", every such model goes to that provider.
     default_provider: str = setting(
-        EMBEDDED_PROVIDER,
+        "",
         "SPINDLE_DEFAULT_PROVIDER",
-        "provider of models not named in [model_service.models]",
+        "provider of models not named in [model_service.models]; unset, only spindle-* "
+        "names (the embedded provider's) are served and others are NOT_FOUND",
     )
     cache_max_entries: int = setting(
         100_000, "SPINDLE_CACHE_MAX_ENTRIES", "embedded prompt cache: most prefixes kept"
@@ -120,7 +124,7 @@ class ModelServiceSettings(ServiceSettings):
             if provider != EMBEDDED_PROVIDER and provider not in self.providers:
                 raise SettingsError(f"model {model!r} names unknown provider {provider!r}")
         default = self.default_provider
-        if default != EMBEDDED_PROVIDER and default not in self.providers:
+        if default and default != EMBEDDED_PROVIDER and default not in self.providers:
             raise SettingsError(f"default_provider names unknown provider {default!r}")
 
 
