@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 
 from model_service.prompt_cache import PromptCache
+from model_service.providers.base import Provider
 from model_service.providers.embedded import MODEL_PREFIX, EmbeddedProvider
 from model_service.providers.http import HttpProvider
 from model_service.settings import EMBEDDED_PROVIDER, ModelServiceSettings
 from spindle.errors import NotFound, quoted
-from spindle.model import ModelEvent, ModelRequest, ModelStreamer
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ class Router:
     """Providers by name, and the model-to-provider map that picks one."""
 
     def __init__(
-        self, providers: Mapping[str, ModelStreamer], models: Mapping[str, str], default: str = ""
+        self, providers: Mapping[str, Provider], models: Mapping[str, str], default: str = ""
     ) -> None:
         self.providers = dict(providers)
         self.models = dict(models)
@@ -36,7 +36,7 @@ class Router:
         cls, settings: ModelServiceSettings, environ: Mapping[str, str] | None = None
     ) -> Router:
         environ = os.environ if environ is None else environ
-        providers: dict[str, ModelStreamer] = {
+        providers: dict[str, Provider] = {
             EMBEDDED_PROVIDER: EmbeddedProvider(
                 PromptCache(settings.cache_max_entries, settings.cache_ttl)
             )
@@ -54,9 +54,6 @@ class Router:
         if EmbeddedProvider.serves(model):
             return EMBEDDED_PROVIDER
         raise NotFound(self._not_served(model))
-
-    def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
-        return self.providers[self.provider_name(request.model)].stream(request)
 
     async def aclose(self) -> None:
         for provider in self.providers.values():

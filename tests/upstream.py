@@ -303,10 +303,11 @@ def _no_reply(request: RecordedRequest) -> Reply:
 class UpstreamServer:
     """The server; see the module docstring. Thread-safe to script and inspect."""
 
-    def __init__(self, fallback: Fallback = _no_reply) -> None:
+    def __init__(self, fallback: Fallback = _no_reply, port: int = 0) -> None:
+        """`port` 0 picks a free one; a given port brings a stopped server back."""
         self.fallback = fallback
         self.connections = 0
-        self.port = 0
+        self.port = port
         self._lock = threading.Lock()
         self._replies: deque[Reply] = deque()
         self._requests: list[RecordedRequest] = []
@@ -336,11 +337,17 @@ class UpstreamServer:
         return ProviderSettings(**{**values, **overrides})
 
     def start(self) -> UpstreamServer:
+        """Listen; raises OSError (and leaves nothing running) when the port is taken."""
         self._thread.start()
         started = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._serve, "127.0.0.1", 0), self._loop
+            asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True),
+            self._loop,
         )
-        self._server = started.result(timeout=5)
+        try:
+            self._server = started.result(timeout=5)
+        except BaseException:
+            self.stop()
+            raise
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

@@ -27,6 +27,7 @@ import hashlib
 from collections.abc import AsyncGenerator
 
 from model_service.prompt_cache import PromptCache
+from model_service.providers.base import Served
 from model_service.tokenizer import render_prompt, tokenize
 from spindle import items
 from spindle.errors import ErrorCode, InvalidArgument, ModelError
@@ -45,7 +46,9 @@ class EmbeddedProvider:
         """Whether `model` is one of this provider's own names (see the module docstring)."""
         return not model or model.startswith(MODEL_PREFIX)
 
-    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
+    async def stream(
+        self, request: ModelRequest, served: Served | None = None
+    ) -> AsyncGenerator[ModelEvent, None]:
         prompt_tokens = tokenize(render_prompt(request.instructions, request.input))
         last = request.input[-1] if request.input else None
         call = _function_call(request, last)

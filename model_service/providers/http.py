@@ -2,9 +2,10 @@
 
 `wire_api` picks the request and stream format (`responses_wire` or
 `chat_wire`); this module owns what both share: headers, the API key,
-timeouts, retries and the mapping of HTTP failures to Spindle error codes.
-What goes upstream, how faults are retried and which status each failure
-gets is documented once, in the README's "Model providers" section.
+timeouts, retries, failing over between endpoints (`endpoints`) and the
+mapping of HTTP failures to Spindle error codes. What goes upstream, how
+faults are retried and which status each failure gets is documented once, in
+the README's "Model providers" section.
 
 The key and secret-looking headers never appear in errors or logs: every
 message is redacted whole before it is cut (`redaction`), even when a
@@ -32,6 +33,8 @@ from typing import Any, Protocol
 import httpx
 
 from model_service.providers import chat_wire, responses_wire
+from model_service.providers.base import Served
+from model_service.providers.endpoints import Endpoint, Endpoints
 from model_service.providers.redaction import Redactor
 from model_service.providers.sse import SseEvent, SseParser
 from model_service.settings import ProviderSettings
@@ -77,12 +80,27 @@ _WIRES = {
 
 
 class _Retryable(Exception):
-    """A failed attempt that may be retried if the caller has seen nothing yet."""
+    """A failed attempt that may be retried if the caller has seen nothing yet.
 
-    def __init__(self, error: ModelError, retry_after: float | None = None) -> None:
+    `endpoint_failed`: the endpoint itself failed (a connection failure, 5xx, a
+    stream cut before its first event), so the key's next endpoint is tried at
+    once; not for a 429, which is the provider asking this caller to slow down.
+    `unreachable`: no connection could be made, so the endpoint is marked down.
+    """
+
+    def __init__(
+        self,
+        error: ModelError,
+        retry_after: float | None = None,
+        *,
+        endpoint_failed: bool = True,
+        unreachable: bool = False,
+    ) -> None:
         super().__init__(error.message)
         self.error = error
         self.retry_after = retry_after
+        self.endpoint_failed = endpoint_failed
+        self.unreachable = unreachable
 
 
 class HttpProvider:
@@ -95,10 +113,11 @@ class HttpProvider:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._wire = _WIRES[settings.wire_api]
-        url = httpx.URL(settings.base_url.rstrip("/") + self._wire.path)
         self.settings = settings
         self._environ = os.environ if environ is None else environ
-        self._url = url
+        self.endpoints = Endpoints(
+            settings.name, settings.endpoints, self._wire.path, settings.endpoint_cooldown
+        )
         self._client = httpx.AsyncClient(
             transport=transport
             or httpx.AsyncHTTPTransport(
@@ -126,37 +145,67 @@ class HttpProvider:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
-        """The events of one model call; raises `ModelError` with a provider-prefixed message."""
+    async def stream(
+        self, request: ModelRequest, served: Served | None = None
+    ) -> AsyncGenerator[ModelEvent, None]:
+        """The events of one model call; raises `ModelError` with a provider-prefixed
+        message. `served.endpoint` tells which endpoint served (or failed last)."""
+        served = Served() if served is None else served
         redact = self._redactor
         try:
             key = self._api_key()
             redact = self._redactor_for(key)
             body = {**self.settings.extra_body, **self._wire.encode(request)}
             headers = self._identity_headers(request, key)
-            failures = 0
+            order = self.endpoints.order(request.prompt_cache_key)
+            position = retries = 0
             while True:
+                endpoint = order[position]
+                served.endpoint = endpoint.label
                 started = False
                 try:
-                    async with aclosing(self._attempt(body, headers, redact)) as events:
+                    async with aclosing(self._attempt(endpoint, body, headers, redact)) as events:
                         async for event in events:
-                            started = True
+                            if not started:
+                                started = True
+                                self.endpoints.succeeded(endpoint)
                             yield event
                     return
                 except _Retryable as failure:
-                    delay = None if started else self._retry_delay(failures, failure.retry_after)
+                    if started:
+                        raise failure.error from None
+                    message = redact.cut(failure.error.message, _MESSAGE_LIMIT)
+                    if failure.endpoint_failed:
+                        self.endpoints.failed(endpoint, unreachable=failure.unreachable)
+                        if position + 1 < len(order):
+                            # Another replica may serve it now: no backoff.
+                            position += 1
+                            log.warning(
+                                "provider %r: endpoint %s: %s; trying endpoint %s",
+                                self.settings.name,
+                                endpoint.label,
+                                message,
+                                order[position].label,
+                            )
+                            continue
+                    delay = self._retry_delay(retries, failure.retry_after)
                     if delay is None:
                         raise failure.error from None
-                    failures += 1
+                    retries += 1
                     log.warning(
-                        "provider %r: %s; retry %d of %d in %.2f s",
+                        "provider %r: endpoint %s: %s; retry %d of %d in %.2f s",
                         self.settings.name,
-                        redact.cut(failure.error.message, _MESSAGE_LIMIT),
-                        failures,
+                        endpoint.label,
+                        message,
+                        retries,
                         self.settings.max_retries,
                         delay,
                     )
                     await asyncio.sleep(delay)
+                    if failure.endpoint_failed:
+                        # Every endpoint failed: start again from the key's first.
+                        order = self.endpoints.order(request.prompt_cache_key)
+                        position = 0
         except ModelError as exc:
             message = f"provider {self.settings.name!r}: {redact.cut(exc.message, _MESSAGE_LIMIT)}"
             raise ModelError(message, code=exc.code) from None
@@ -199,13 +248,13 @@ class HttpProvider:
         return {name: value for name, value in headers.items() if value}
 
     async def _attempt(
-        self, body: dict[str, Any], headers: dict[str, str], redact: Redactor
+        self, endpoint: Endpoint, body: dict[str, Any], headers: dict[str, str], redact: Redactor
     ) -> AsyncGenerator[ModelEvent, None]:
         """One HTTP exchange; transport failures become `_Retryable` or `ModelError`."""
         in_body = False
         try:
             async with self._client.stream(
-                "POST", self._url, json=body, headers=headers
+                "POST", endpoint.url, json=body, headers=headers
             ) as response:
                 await self._check_status(response, redact)
                 in_body = self._bound_body_reads(response)
@@ -233,7 +282,18 @@ class HttpProvider:
             # The hop that failed is the provider's, named so: callers see this
             # message behind the model-service and the thread-service.
             message = f"cannot connect to the provider: {str(exc) or type(exc).__name__}"
-            raise _Retryable(ModelError(message, code=ErrorCode.UNAVAILABLE)) from None
+            raise _Retryable(
+                ModelError(message, code=ErrorCode.UNAVAILABLE), unreachable=True
+            ) from None
+        except httpx.PoolTimeout:
+            # Every pooled connection is busy: this process is saturated, not the endpoint.
+            message = (
+                f"no free connection to the provider within {self.settings.pool_timeout:g} s "
+                "(pool_timeout, max_connections)"
+            )
+            raise _Retryable(
+                ModelError(message, code=ErrorCode.UNAVAILABLE), endpoint_failed=False
+            ) from None
         except httpx.TransportError as exc:
             message = f"connection to the provider failed: {str(exc) or type(exc).__name__}"
             raise _Retryable(ModelError(message, code=ErrorCode.UNAVAILABLE)) from None
@@ -283,8 +343,13 @@ class HttpProvider:
         )
         if status == 429 and provider_code == "insufficient_quota":
             raise error
-        if status == 429 or status >= 500:
-            raise _Retryable(error, retry_after_seconds(response.headers.get("retry-after")))
+        retry_after = retry_after_seconds(response.headers.get("retry-after"))
+        if status == 429:
+            # The provider's rate limit, not a failing endpoint: wait on the same
+            # one (its prefix cache holds the key's prompts), never mark it down.
+            raise _Retryable(error, retry_after, endpoint_failed=False)
+        if status >= 500:
+            raise _Retryable(error, retry_after)
         raise error
 
     async def _error_text(self, response: httpx.Response, redact: Redactor) -> str:
@@ -355,14 +420,13 @@ def _status_code(status: int) -> ErrorCode:
 
 def _configured_secrets(settings: ProviderSettings) -> list[str]:
     """Values to mask besides the API key: secret-looking headers and query
-    parameters (and the token after `Bearer `), and a password in the base URL."""
+    parameters (and the token after `Bearer `), and passwords in base URLs."""
     values = [
         value
         for name, value in (*settings.headers.items(), *settings.query_params.items())
         if any(word in name.lower() for word in _SECRET_NAME_WORDS)
     ]
-    if password := httpx.URL(settings.base_url).password:
-        values.append(password)
+    values += [password for url in settings.endpoints if (password := httpx.URL(url).password)]
     secrets = []
     for value in values:
         scheme, _, token = value.partition(" ")
