@@ -20,12 +20,6 @@ from spindle.v1 import model_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger("model_service.requests")
 
-# Sent as trailing metadata with every status the model-service itself ends a
-# call with, so that a client can tell a provider's failure, reported here,
-# from a failure to reach the model-service, which grpc reports with the same
-# codes (UNAVAILABLE) and no such entry.
-ORIGIN_METADATA = (("spindle-origin", "model-service"),)
-
 
 class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]
     def __init__(self, router: Router) -> None:
@@ -35,7 +29,6 @@ class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        context.set_trailing_metadata(ORIGIN_METADATA)
         model_request = convert.request_from_pb(request)
         provider, served = "-", Served()
         usage, outcome = Usage(), "CANCELLED"
