@@ -9,6 +9,7 @@ from contextlib import aclosing
 
 import grpc
 
+from model_service.providers.base import Served
 from model_service.router import Router
 from spindle import convert
 from spindle.errors import ErrorCode, ModelError, SpindleError
@@ -29,17 +30,20 @@ class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         model_request = convert.request_from_pb(request)
-        provider = self.router.provider_name(model_request.model)
+        provider, served = "-", Served()
         usage, outcome = Usage(), "CANCELLED"
         try:
+            provider = self.router.provider_name(model_request.model)
             async with (
                 asyncio.timeout(context.time_remaining()),
-                aclosing(self.router.stream(model_request)) as events,
+                aclosing(self.router.providers[provider].stream(model_request, served)) as events,
             ):
                 async for event in events:
+                    message = convert.event_to_pb(event)
                     if isinstance(event, Completed):
                         usage = event.usage
-                    yield convert.event_to_pb(event)
+                        message.completed.endpoint = served.endpoint
+                    yield message
             outcome = "OK"
         except TimeoutError:
             outcome = "DEADLINE_EXCEEDED"
@@ -53,10 +57,10 @@ class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]
         finally:
             # One line per request, written when it ends: operators (and the
             # end-to-end tests) read here which prompt_cache_key each thread's
-            # calls carried and what the cache gave them.
+            # calls carried, which endpoint served them and what the cache gave.
             log.info(
                 "generate thread_id=%s window_id=%s prompt_cache_key=%s sub_agent_kind=%s "
-                "model=%s provider=%s input_items=%d status=%s input_tokens=%d "
+                "model=%s provider=%s endpoint=%s input_items=%d status=%s input_tokens=%d "
                 "cached_tokens=%d output_tokens=%d",
                 model_request.thread_id,
                 model_request.window_id,
@@ -64,6 +68,7 @@ class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]
                 model_request.sub_agent_kind or "-",
                 model_request.model,
                 provider,
+                served.endpoint or "-",
                 len(model_request.input),
                 outcome,
                 usage.input_tokens,

@@ -352,8 +352,9 @@ async def test_responses_wire_request_mapping(server: UpstreamServer) -> None:
     body = server.requests[0].body
 
     def message(role: str, text: str, **extra: str) -> dict[str, Any]:
-        part = "output_text" if role == "assistant" else "input_text"
-        return {"type": "message", "role": role, "content": [{"type": part, "text": text}], **extra}
+        if role == "assistant":  # the input form of replayed text: string content, phase
+            return {"type": "message", "role": role, "content": text, **extra}
+        return {"type": "message", "role": role, "content": [{"type": "input_text", "text": text}]}
 
     assert body["instructions"] == "Be brief."
     assert body["input"] == [
@@ -507,7 +508,9 @@ async def test_connection_refused_is_unavailable_after_retries() -> None:
     )
     _, error = await fail(refused)
     assert error.code is ErrorCode.UNAVAILABLE
-    assert error.message.startswith("provider 'down': connection failed")
+    assert error.message == (
+        "provider 'down': cannot connect to the provider: All connection attempts failed"
+    )
 
 
 async def test_cut_before_the_first_event_is_retried(server: UpstreamServer) -> None:
@@ -707,6 +710,71 @@ async def test_api_key_is_never_in_errors_or_logs(
     assert KEY not in repr(error)
     assert "Rate limited for key [redacted]" in caplog.text
     assert KEY not in caplog.text
+
+
+# A secret header, a secret query parameter and the token of a Bearer header.
+HEADER_SECRET = "hdr-Q2w3E4r5T6y7U8i9"
+QUERY_SECRET = "qp-Zx9Cv8Bn7Mm6Ll5K"
+BEARER_TOKEN = "tok-Pp1Oo2Ii3Uu4Yy5T"
+SECRETS = (KEY, HEADER_SECRET, QUERY_SECRET, BEARER_TOKEN)
+# Offsets of a secret in a provider's message, all around the 500-character cut.
+OFFSETS = range(440, 520)
+
+
+def secret_settings(server: UpstreamServer, **changes: Any) -> ProviderSettings:
+    return settings(
+        server,
+        headers={"x-api-key": HEADER_SECRET, "x-upstream-auth": f"Bearer {BEARER_TOKEN}"},
+        query_params={"access_token": QUERY_SECRET},
+        **changes,
+    )
+
+
+def assert_no_secret_prefix(text: str) -> None:
+    """No secret, and no beginning of one of 3 characters or more, is in `text`."""
+    for secret in SECRETS:
+        for length in range(3, len(secret) + 1):
+            assert secret[:length] not in text, (secret[:length], text)
+
+
+async def test_secrets_are_redacted_before_the_message_is_cut(
+    server: UpstreamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Reproduced: 488 characters and then the key used to leave the key's first
+    # 12 characters in the error (and the client, ListTurns and the database).
+    caplog.set_level(logging.DEBUG)
+    provider = HttpProvider(secret_settings(server, max_retries=1), ENV)
+    try:
+        for offset in OFFSETS:
+            for secret in SECRETS:
+                text = "." * offset + secret + " is not valid"
+                # A retried 503 puts the message in a log line, the 401 in the error.
+                server.script(error_reply(503, text, retry_after="0"), error_reply(401, text))
+                _, error = await consume(provider, REQUEST)
+                assert error is not None and error.code is ErrorCode.UNAUTHENTICATED
+                assert_no_secret_prefix(error.message)
+                assert len(error.message) <= len("provider 'test': ") + 500
+    finally:
+        await provider.aclose()
+    assert "[redacted]" in caplog.text
+    assert_no_secret_prefix(caplog.text)
+
+
+async def test_a_secret_cut_off_by_the_error_body_limit_is_masked(server: UpstreamServer) -> None:
+    # Whitespace collapses, so the end of the 64 KiB read starts the message.
+    for cut in (3, 10, len(KEY) - 1):
+        body = b" " * (64 * 1024 - cut) + KEY.encode() + b" rest of the message"
+        server.script(Reply(status=401, body=body))
+        _, error = await fail(settings(server))
+        assert error.message == "provider 'test': HTTP 401: [redacted]"
+
+
+@pytest.mark.parametrize("offset", [0, 190, 195, 199, 470, 480, 490])
+async def test_a_secret_in_a_malformed_event_is_masked(server: UpstreamServer, offset: int) -> None:
+    server.script(Reply(events=(sse("x" * offset + KEY),)))
+    _, error = await fail(settings(server))
+    assert error.message.startswith("provider 'test': malformed stream event: '")
+    assert_no_secret_prefix(error.message)
 
 
 async def test_missing_api_key_is_failed_precondition(server: UpstreamServer) -> None:

@@ -1,27 +1,42 @@
 """The model-service in front of an HTTP provider, end to end through gRPC:
 configured from config.toml, it forwards prompt_cache_key and identity
 headers unchanged, maps upstream failures to statuses, and closes the
-upstream request when the gRPC call ends early. The thread-service behind
-it records failed turns and keeps their input."""
+upstream request when the gRPC call ends early; a model no provider serves
+is NOT_FOUND. The thread-service behind it records failed turns and keeps
+their input, and what its clients read names the hop that failed."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 import pytest
 
 from model_service.providers.http import HttpProvider
+from model_service.router import Router
 from model_service.settings import ModelServiceSettings
 from spindle import convert, settings
+from spindle.errors import NotFound
 from spindle.model import Usage
+from spindle.settings import SettingsError
 from spindle.v1 import common_pb2 as c
 from spindle.v1 import model_service_pb2 as mpb
 from spindle.v1 import thread_service_pb2 as tpb
 from tests.harness import LoopThread, Stack, start_stack, wait_until
-from tests.rpc import assert_kept_only_input, fork, raises_status, start, turn, user
+from tests.rpc import (
+    assert_kept_only_input,
+    fork,
+    only_turn,
+    raises_status,
+    start,
+    turn,
+    user,
+)
 from tests.upstream import (
     Reply,
     UpstreamServer,
@@ -33,17 +48,26 @@ from tests.upstream import (
 
 
 def gateway_settings(
-    tmp_path: Path, upstream: UpstreamServer, extra: str = ""
+    tmp_path: Path,
+    upstream: UpstreamServer,
+    extra: str = "",
+    *,
+    default: str | None = "embedded",
+    models: str = "",
+    argv: tuple[str, ...] = (),
 ) -> ModelServiceSettings:
+    """The gateway's settings; `default` None leaves default_provider unset."""
     home = tmp_path / "model-home"
     home.mkdir(exist_ok=True)
+    default_line = "" if default is None else f"default_provider = {json.dumps(default)}"
     (home / "config.toml").write_text(
         f"""
 [model_service]
-default_provider = "embedded"
+{default_line}
 
 [model_service.models]
 "gpt-test" = "local"
+{models}
 
 [model_service.providers.local]
 base_url = "{upstream.base_url}"
@@ -59,20 +83,28 @@ max_retries = 2
     )
     return settings.load(
         ModelServiceSettings,
-        ["--config-home", str(home)],
+        ["--config-home", str(home), *argv],
         {"SPINDLE_TEST_KEY": "sk-test-secret-123"},
     )
 
 
+@contextmanager
+def running_gateway(
+    loop_thread: LoopThread, tmp_path: Path, model_settings: ModelServiceSettings
+) -> Iterator[Stack]:
+    os.environ["SPINDLE_TEST_KEY"] = "sk-test-secret-123"
+    running = start_stack(loop_thread, tmp_path, model_settings=model_settings)
+    try:
+        yield running
+    finally:
+        running.stop()
+        del os.environ["SPINDLE_TEST_KEY"]
+
+
 @pytest.fixture
 def gateway(loop_thread: LoopThread, tmp_path: Path, upstream: UpstreamServer) -> Iterator[Stack]:
-    os.environ["SPINDLE_TEST_KEY"] = "sk-test-secret-123"
-    running = start_stack(
-        loop_thread, tmp_path, model_settings=gateway_settings(tmp_path, upstream)
-    )
-    yield running
-    running.stop()
-    del os.environ["SPINDLE_TEST_KEY"]
+    with running_gateway(loop_thread, tmp_path, gateway_settings(tmp_path, upstream)) as running:
+        yield running
 
 
 def request(model: str = "gpt-test", text: str = "hi") -> mpb.GenerateRequest:
@@ -240,3 +272,156 @@ def test_bad_tools_and_sub_agent_kinds_are_refused_before_anything_is_recorded(
     with raises_status(grpc.StatusCode.INVALID_ARGUMENT, "sub_agent_kind"):
         stub.SpawnThread(tpb.SpawnThreadRequest(parent_id=root.id, sub_agent_kind="bad\nkind é"))
     assert upstream.requests == []
+
+
+# Models no provider serves
+
+
+def test_an_unknown_model_is_not_found_naming_the_configured_models(
+    loop_thread: LoopThread,
+    tmp_path: Path,
+    upstream: UpstreamServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="model_service.requests")
+    configured = gateway_settings(tmp_path, upstream, default=None)
+    with running_gateway(loop_thread, tmp_path, configured) as stack:
+        with raises_status(grpc.StatusCode.NOT_FOUND) as info:
+            list(stack.models.Generate(request(model="gpt-tset")))
+        assert info.value.details() == (
+            'model "gpt-tset" is not served here: the configured models are "gpt-test", '
+            'and the embedded provider serves names starting "spindle-"'
+        )
+        (line,) = [r.getMessage() for r in caplog.records if "model=gpt-tset" in r.getMessage()]
+        assert " provider=- " in line and " status=NOT_FOUND " in line
+        # The embedded provider's own names, and no name at all, are still served.
+        for model in ("spindle-echo", "spindle-anything", ""):
+            events = list(stack.models.Generate(request(model=model)))
+            assert events[-2].item_done.item.message.text == "echo: hi"
+        # Through the thread-service: the turn fails and keeps its input.
+        stub = stack.threads
+        root = start(stub, tmp_path, model="gpt-tset")
+        with raises_status(grpc.StatusCode.NOT_FOUND, '"gpt-tset" is not served'):
+            turn(stub, root.id, user("hello?"))
+        assert_kept_only_input(
+            stub,
+            root.id,
+            "hello?",
+            status=tpb.TURN_STATUS_FAILED,
+            error_code=c.ERROR_CODE_NOT_FOUND,
+        )
+    assert upstream.requests == []
+
+
+def test_the_not_found_message_stays_short_and_quotes_names(
+    tmp_path: Path, upstream: UpstreamServer
+) -> None:
+    models = "\n".join(f'"model-{i:02d}" = "local"' for i in range(14))
+    many = Router.from_settings(
+        gateway_settings(tmp_path, upstream, default=None, models=models), {}
+    )
+    message = router_refusal(many, "evil\nmodel " + "x" * 5000)
+    assert "\n" not in message and len(message) < 400
+    assert message.startswith('model "evil\\nmodel xxx')
+    assert '"gpt-test", "model-00", ' in message and '"model-08" and 5 more,' in message
+    # A configured name with a quote and a newline is quoted, JSON-style.
+    odd = Router.from_settings(
+        gateway_settings(tmp_path, upstream, default=None, models='"a\\"b\\nc" = "local"'), {}
+    )
+    message = router_refusal(odd, "nope")
+    assert "\n" not in message and '"a\\"b\\nc"' in message
+
+
+def router_refusal(router: Router, model: str) -> str:
+    with pytest.raises(NotFound) as info:
+        router.provider_name(model)
+    return info.value.message
+
+
+@pytest.mark.parametrize(
+    ("default", "argv", "expected"),
+    [
+        ("embedded", (), "embedded"),  # set explicitly, even to the embedded provider
+        ("local", (), "local"),
+        (None, ("--default-provider", "embedded"), "embedded"),
+    ],
+)
+def test_an_explicit_default_provider_serves_every_other_name(
+    tmp_path: Path,
+    upstream: UpstreamServer,
+    default: str | None,
+    argv: tuple[str, ...],
+    expected: str,
+) -> None:
+    configured = gateway_settings(tmp_path, upstream, default=default, argv=argv)
+    router = Router.from_settings(configured, {})
+    assert router.provider_name("whatever-7b") == expected
+    assert router.provider_name("gpt-test") == "local"
+
+
+def test_a_default_provider_that_names_no_provider_is_refused(
+    tmp_path: Path, upstream: UpstreamServer
+) -> None:
+    with pytest.raises(SettingsError, match="unknown provider 'ghost'"):
+        gateway_settings(tmp_path, upstream, default=None, argv=("--default-provider", "ghost"))
+
+
+# Which hop failed
+
+
+def test_an_unreachable_provider_is_named_by_the_model_service(
+    gateway: Stack, upstream: UpstreamServer
+) -> None:
+    upstream.stop()
+    with raises_status(grpc.StatusCode.UNAVAILABLE) as info:
+        list(gateway.models.Generate(request()))
+    assert info.value.details() == (
+        "provider 'local': cannot connect to the provider: All connection attempts failed"
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the lead's grpc_errors change (docs-proposed/grpc-errors-from-server.patch): "
+    "model_error_from_rpc prefixes 'cannot reach the model-service at ...' to any "
+    "UNAVAILABLE message holding 'connect', the model-service's own included",
+)
+def test_a_client_reads_that_the_provider_and_not_the_model_service_is_down(
+    gateway: Stack, upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    upstream.stop()
+    stub = gateway.threads
+    root = start(stub, tmp_path, model="gpt-test")
+    with raises_status(grpc.StatusCode.UNAVAILABLE) as info:
+        turn(stub, root.id, user("anyone there?"))
+    expected = "provider 'local': cannot connect to the provider: All connection attempts failed"
+    assert info.value.details() == expected
+    assert only_turn(stub, root.id).error.message == expected
+
+
+def test_an_unreachable_model_service_is_still_named_as_such(
+    gateway: Stack, tmp_path: Path
+) -> None:
+    stub = gateway.threads
+    root = start(stub, tmp_path, model="gpt-test")
+    gateway.loop.run(gateway.servers[0].stop(0))  # the model-service
+    with raises_status(grpc.StatusCode.UNAVAILABLE, "cannot reach the model-service at"):
+        turn(stub, root.id, user("anyone there?"))
+
+
+# Secrets through every hop
+
+
+def test_a_key_at_the_message_limit_reaches_neither_the_client_nor_the_turn_record(
+    gateway: Stack, upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    key = "sk-test-secret-123"
+    stub = gateway.threads
+    root = start(stub, tmp_path, model="gpt-test")
+    for offset in (480, 485, 488, 490, 495):
+        upstream.script(error_reply(401, "." * offset + key + " is not a valid key"))
+        with raises_status(grpc.StatusCode.UNAUTHENTICATED) as info:
+            turn(stub, root.id, user("hi"))
+        turns = stub.ListTurns(tpb.ListTurnsRequest(thread_id=root.id)).turns
+        for text in (info.value.details(), turns[-1].error.message):
+            assert not any(key[:n] in text for n in range(4, len(key) + 1)), text

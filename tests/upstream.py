@@ -303,10 +303,11 @@ def _no_reply(request: RecordedRequest) -> Reply:
 class UpstreamServer:
     """The server; see the module docstring. Thread-safe to script and inspect."""
 
-    def __init__(self, fallback: Fallback = _no_reply) -> None:
+    def __init__(self, fallback: Fallback = _no_reply, port: int = 0) -> None:
+        """`port` 0 picks a free one; a given port brings a stopped server back."""
         self.fallback = fallback
         self.connections = 0
-        self.port = 0
+        self.port = port
         self._lock = threading.Lock()
         self._replies: deque[Reply] = deque()
         self._requests: list[RecordedRequest] = []
@@ -314,6 +315,7 @@ class UpstreamServer:
         self._thread = threading.Thread(target=self._loop.run_forever, name="upstream", daemon=True)
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._stopped = False
 
     @property
     def base_url(self) -> str:
@@ -335,15 +337,25 @@ class UpstreamServer:
         return ProviderSettings(**{**values, **overrides})
 
     def start(self) -> UpstreamServer:
+        """Listen; raises OSError (and leaves nothing running) when the port is taken."""
         self._thread.start()
         started = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._serve, "127.0.0.1", 0), self._loop
+            asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True),
+            self._loop,
         )
-        self._server = started.result(timeout=5)
+        try:
+            self._server = started.result(timeout=5)
+        except BaseException:
+            self.stop()
+            raise
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     def stop(self) -> None:
+        """Close the port and every connection; a test may stop a server early."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._server is not None:
             asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=5)
         self._loop.call_soon_threadsafe(self._loop.stop)

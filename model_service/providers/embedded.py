@@ -4,6 +4,11 @@ It is the default so that Spindle runs and is tested on one machine. Its
 prompt cache follows OpenAI's rules (see `model_service.prompt_cache`), so
 cache behaviour measured against it is the behaviour to expect upstream.
 
+It serves the model names starting `spindle-` (the thread-service's default
+model is `spindle-echo`) and an empty name; any other name is served here only
+when `default_provider` says so, so that a misspelt model name is NOT_FOUND
+rather than quietly answered by an echo.
+
 Replies, from the last input item:
 - a user message `/call NAME ARGS` where NAME is a declared tool: a function
   call of NAME with ARGS (JSON text, `{}` when empty);
@@ -22,19 +27,28 @@ import hashlib
 from collections.abc import AsyncGenerator
 
 from model_service.prompt_cache import PromptCache
+from model_service.providers.base import Served
 from model_service.tokenizer import render_prompt, tokenize
 from spindle import items
 from spindle.errors import ErrorCode, InvalidArgument, ModelError
 from spindle.model import Completed, ItemDone, ModelEvent, ModelRequest, TextDelta, Usage
 
 MAX_SLOW_SECONDS = 600.0
+MODEL_PREFIX = "spindle-"
 
 
 class EmbeddedProvider:
     def __init__(self, cache: PromptCache | None = None) -> None:
         self.cache = cache if cache is not None else PromptCache()
 
-    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
+    @staticmethod
+    def serves(model: str) -> bool:
+        """Whether `model` is one of this provider's own names (see the module docstring)."""
+        return not model or model.startswith(MODEL_PREFIX)
+
+    async def stream(
+        self, request: ModelRequest, served: Served | None = None
+    ) -> AsyncGenerator[ModelEvent, None]:
         prompt_tokens = tokenize(render_prompt(request.instructions, request.input))
         last = request.input[-1] if request.input else None
         call = _function_call(request, last)

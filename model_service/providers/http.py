@@ -2,13 +2,15 @@
 
 `wire_api` picks the request and stream format (`responses_wire` or
 `chat_wire`); this module owns what both share: headers, the API key,
-timeouts, retries and the mapping of HTTP failures to Spindle error codes.
-What goes upstream, how faults are retried and which status each failure
-gets is documented once, in the README's "Model providers" section.
+timeouts, retries, failing over between endpoints (`endpoints`) and the
+mapping of HTTP failures to Spindle error codes. What goes upstream, how
+faults are retried and which status each failure gets is documented once, in
+the README's "Model providers" section.
 
-The key never appears in errors (it is masked even when a provider echoes
-it) or logs; nothing here logs headers. httpx itself does not retry
-(transport `retries=0`), so the retry loop here is the only one. Each
+The key and secret-looking headers never appear in errors or logs: every
+message is redacted whole before it is cut (`redaction`), even when a
+provider echoes a secret. Nothing here logs headers. httpx itself does not
+retry (transport `retries=0`), so the retry loop here is the only one. Each
 attempt holds its response in `async with`, so a consumer that stops
 iterating, or a cancelled task, closes the upstream connection at once.
 """
@@ -31,20 +33,31 @@ from typing import Any, Protocol
 import httpx
 
 from model_service.providers import chat_wire, responses_wire
+from model_service.providers.base import Served
+from model_service.providers.endpoints import Endpoint, Endpoints
+from model_service.providers.redaction import Redactor
 from model_service.providers.sse import SseEvent, SseParser
 from model_service.settings import ProviderSettings
 from spindle.errors import ErrorCode, ModelError
 from spindle.model import Completed, ModelEvent, ModelRequest
 
 log = logging.getLogger(__name__)
+# httpx logs every request's URL at INFO, query string and all, where a secret
+# query parameter (`key=`, `sig=`) sits unredacted. The model-service's own line
+# per request tells operators what they need, so httpx speaks up only on trouble.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 # After the completing event, how long to wait for the end of the body so that
 # the connection goes back to the pool rather than being closed.
 _DRAIN_SECONDS = 1.0
 _ERROR_BODY_LIMIT = 64 * 1024
+# The longest a provider's message gets in an error or a log line, after redaction.
 _MESSAGE_LIMIT = 500
-_SECRET_HEADER_WORDS = ("authorization", "key", "token", "secret")
-_REDACTED = "[redacted]"
+# Header and query parameter names whose values are treated as secrets, and the
+# shortest value masked (shorter ones would mask ordinary words).
+_SECRET_NAME_WORDS = ("auth", "key", "token", "secret", "password", "signature")
+_MIN_SECRET_LENGTH = 8
+_AUTH_SCHEMES = ("bearer", "basic", "token")
 
 
 class _Decoder(Protocol):
@@ -67,12 +80,27 @@ _WIRES = {
 
 
 class _Retryable(Exception):
-    """A failed attempt that may be retried if the caller has seen nothing yet."""
+    """A failed attempt that may be retried if the caller has seen nothing yet.
 
-    def __init__(self, error: ModelError, retry_after: float | None = None) -> None:
+    `endpoint_failed`: the endpoint itself failed (a connection failure, 5xx, a
+    stream cut before its first event), so the key's next endpoint is tried at
+    once; not for a 429, which is the provider asking this caller to slow down.
+    `unreachable`: no connection could be made, so the endpoint is marked down.
+    """
+
+    def __init__(
+        self,
+        error: ModelError,
+        retry_after: float | None = None,
+        *,
+        endpoint_failed: bool = True,
+        unreachable: bool = False,
+    ) -> None:
         super().__init__(error.message)
         self.error = error
         self.retry_after = retry_after
+        self.endpoint_failed = endpoint_failed
+        self.unreachable = unreachable
 
 
 class HttpProvider:
@@ -85,10 +113,11 @@ class HttpProvider:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._wire = _WIRES[settings.wire_api]
-        url = httpx.URL(settings.base_url.rstrip("/") + self._wire.path)
         self.settings = settings
         self._environ = os.environ if environ is None else environ
-        self._url = url
+        self.endpoints = Endpoints(
+            settings.name, settings.endpoints, self._wire.path, settings.endpoint_cooldown
+        )
         self._client = httpx.AsyncClient(
             transport=transport
             or httpx.AsyncHTTPTransport(
@@ -109,48 +138,84 @@ class HttpProvider:
             follow_redirects=False,
         )
         self._idle = settings.idle_timeout if settings.idle_timeout > 0 else None
-        self._secrets = [
-            value
-            for name, value in settings.headers.items()
-            if len(value) >= 8 and any(word in name.lower() for word in _SECRET_HEADER_WORDS)
-        ]
+        self._secrets = _configured_secrets(settings)
+        self._redactor = Redactor(self._secrets)
+        self._redactor_key = ""
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
-        """The events of one model call; raises `ModelError` with a provider-prefixed message."""
-        key = ""
+    async def stream(
+        self, request: ModelRequest, served: Served | None = None
+    ) -> AsyncGenerator[ModelEvent, None]:
+        """The events of one model call; raises `ModelError` with a provider-prefixed
+        message. `served.endpoint` tells which endpoint served (or failed last)."""
+        served = Served() if served is None else served
+        redact = self._redactor
         try:
             key = self._api_key()
+            redact = self._redactor_for(key)
             body = {**self.settings.extra_body, **self._wire.encode(request)}
             headers = self._identity_headers(request, key)
-            failures = 0
+            order = self.endpoints.order(request.prompt_cache_key)
+            position = retries = 0
             while True:
+                endpoint = order[position]
+                served.endpoint = endpoint.label
                 started = False
                 try:
-                    async with aclosing(self._attempt(body, headers)) as events:
+                    async with aclosing(self._attempt(endpoint, body, headers, redact)) as events:
                         async for event in events:
-                            started = True
+                            if not started:
+                                started = True
+                                self.endpoints.succeeded(endpoint)
                             yield event
                     return
                 except _Retryable as failure:
-                    delay = None if started else self._retry_delay(failures, failure.retry_after)
+                    if started:
+                        raise failure.error from None
+                    message = redact.cut(failure.error.message, _MESSAGE_LIMIT)
+                    if failure.endpoint_failed:
+                        self.endpoints.failed(endpoint, unreachable=failure.unreachable)
+                        if position + 1 < len(order):
+                            # Another replica may serve it now: no backoff.
+                            position += 1
+                            log.warning(
+                                "provider %r: endpoint %s: %s; trying endpoint %s",
+                                self.settings.name,
+                                endpoint.label,
+                                message,
+                                order[position].label,
+                            )
+                            continue
+                    delay = self._retry_delay(retries, failure.retry_after)
                     if delay is None:
                         raise failure.error from None
-                    failures += 1
+                    retries += 1
                     log.warning(
-                        "provider %r: %s; retry %d of %d in %.2f s",
+                        "provider %r: endpoint %s: %s; retry %d of %d in %.2f s",
                         self.settings.name,
-                        self._redact(failure.error.message, key),
-                        failures,
+                        endpoint.label,
+                        message,
+                        retries,
                         self.settings.max_retries,
                         delay,
                     )
                     await asyncio.sleep(delay)
+                    if failure.endpoint_failed:
+                        # Every endpoint failed: start again from the key's first.
+                        order = self.endpoints.order(request.prompt_cache_key)
+                        position = 0
         except ModelError as exc:
-            message = f"provider {self.settings.name!r}: {self._redact(exc.message, key)}"
+            message = f"provider {self.settings.name!r}: {redact.cut(exc.message, _MESSAGE_LIMIT)}"
             raise ModelError(message, code=exc.code) from None
+
+    def _redactor_for(self, key: str) -> Redactor:
+        """The redactor of the configured secrets and `key` (kept while the key is)."""
+        if key != self._redactor_key:
+            self._redactor = Redactor([key, *self._secrets])
+            self._redactor_key = key
+        return self._redactor
 
     def _api_key(self) -> str:
         name = self.settings.api_key_env
@@ -183,15 +248,15 @@ class HttpProvider:
         return {name: value for name, value in headers.items() if value}
 
     async def _attempt(
-        self, body: dict[str, Any], headers: dict[str, str]
+        self, endpoint: Endpoint, body: dict[str, Any], headers: dict[str, str], redact: Redactor
     ) -> AsyncGenerator[ModelEvent, None]:
         """One HTTP exchange; transport failures become `_Retryable` or `ModelError`."""
         in_body = False
         try:
             async with self._client.stream(
-                "POST", self._url, json=body, headers=headers
+                "POST", endpoint.url, json=body, headers=headers
             ) as response:
-                await self._check_status(response)
+                await self._check_status(response, redact)
                 in_body = self._bound_body_reads(response)
                 lines = response.aiter_lines()
                 parser, decoder = SseParser(), self._wire.decoder()
@@ -213,8 +278,24 @@ class HttpProvider:
                 f"no data for more than {self.settings.read_timeout:g} s (read_timeout)",
                 code=ErrorCode.DEADLINE_EXCEEDED,
             ) from None
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # The hop that failed is the provider's, named so: callers see this
+            # message behind the model-service and the thread-service.
+            message = f"cannot connect to the provider: {str(exc) or type(exc).__name__}"
+            raise _Retryable(
+                ModelError(message, code=ErrorCode.UNAVAILABLE), unreachable=True
+            ) from None
+        except httpx.PoolTimeout:
+            # Every pooled connection is busy: this process is saturated, not the endpoint.
+            message = (
+                f"no free connection to the provider within {self.settings.pool_timeout:g} s "
+                "(pool_timeout, max_connections)"
+            )
+            raise _Retryable(
+                ModelError(message, code=ErrorCode.UNAVAILABLE), endpoint_failed=False
+            ) from None
         except httpx.TransportError as exc:
-            message = f"connection failed: {str(exc) or type(exc).__name__}"
+            message = f"connection to the provider failed: {str(exc) or type(exc).__name__}"
             raise _Retryable(ModelError(message, code=ErrorCode.UNAVAILABLE)) from None
         except httpx.HTTPError as exc:  # a body httpx cannot decode, for one
             message = f"bad response: {str(exc) or type(exc).__name__}"
@@ -245,7 +326,7 @@ class HttpProvider:
         except (TimeoutError, httpx.HTTPError):
             pass  # the event is complete; the connection is simply not reused
 
-    async def _check_status(self, response: httpx.Response) -> None:
+    async def _check_status(self, response: httpx.Response, redact: Redactor) -> None:
         status = response.status_code
         if 200 <= status < 300:
             if response.headers.get("content-type", "").startswith("application/json"):
@@ -255,19 +336,25 @@ class HttpProvider:
                     code=ErrorCode.FAILED_PRECONDITION,
                 )
             return
-        detail, provider_code = _error_detail(await self._error_body(response))
+        detail, provider_code = _error_detail(await self._error_text(response, redact))
         error = ModelError(
             f"HTTP {status}: {detail or response.reason_phrase or 'error'}",
             code=_status_code(status),
         )
         if status == 429 and provider_code == "insufficient_quota":
             raise error
-        if status == 429 or status >= 500:
-            raise _Retryable(error, retry_after_seconds(response.headers.get("retry-after")))
+        retry_after = retry_after_seconds(response.headers.get("retry-after"))
+        if status == 429:
+            # The provider's rate limit, not a failing endpoint: wait on the same
+            # one (its prefix cache holds the key's prompts), never mark it down.
+            raise _Retryable(error, retry_after, endpoint_failed=False)
+        if status >= 500:
+            raise _Retryable(error, retry_after)
         raise error
 
-    async def _error_body(self, response: httpx.Response) -> bytes:
-        """At most `_ERROR_BODY_LIMIT` bytes of an error body, within idle_timeout."""
+    async def _error_text(self, response: httpx.Response, redact: Redactor) -> str:
+        """At most `_ERROR_BODY_LIMIT` bytes of an error body, read within
+        idle_timeout, as redacted text (a secret cut off at the limit included)."""
         body = bytearray()
         try:
             async with asyncio.timeout(self._idle):
@@ -277,7 +364,8 @@ class HttpProvider:
                         break
         except (TimeoutError, httpx.HTTPError):
             pass  # the status says enough
-        return bytes(body[:_ERROR_BODY_LIMIT])
+        text = bytes(body[:_ERROR_BODY_LIMIT]).decode("utf-8", "replace")
+        return redact.truncated(text) if len(body) >= _ERROR_BODY_LIMIT else redact(text)
 
     def _retry_delay(self, failures: int, retry_after: float | None) -> float | None:
         """Seconds to wait before the next attempt, or None to give up now."""
@@ -296,12 +384,6 @@ class HttpProvider:
             return retry_after
         ceiling = min(settings.backoff_max, settings.backoff_initial * 2**failures)
         return random.uniform(0.0, max(ceiling, 0.0))
-
-    def _redact(self, text: str, key: str) -> str:
-        for secret in (key, *self._secrets):
-            if secret:
-                text = text.replace(secret, _REDACTED)
-        return text
 
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
@@ -336,13 +418,31 @@ def _status_code(status: int) -> ErrorCode:
     }.get(status, ErrorCode.FAILED_PRECONDITION)
 
 
-def _error_detail(body: bytes) -> tuple[str, str]:
-    """The provider's message and error code from an error body (JSON or text)."""
-    text = body.decode("utf-8", "replace").strip()
+def _configured_secrets(settings: ProviderSettings) -> list[str]:
+    """Values to mask besides the API key: secret-looking headers and query
+    parameters (and the token after `Bearer `), and passwords in base URLs."""
+    values = [
+        value
+        for name, value in (*settings.headers.items(), *settings.query_params.items())
+        if any(word in name.lower() for word in _SECRET_NAME_WORDS)
+    ]
+    values += [password for url in settings.endpoints if (password := httpx.URL(url).password)]
+    secrets = []
+    for value in values:
+        scheme, _, token = value.partition(" ")
+        candidates = [value, token.strip()] if scheme.lower() in _AUTH_SCHEMES else [value]
+        secrets += [c for c in candidates if len(c) >= _MIN_SECRET_LENGTH]
+    return secrets
+
+
+def _error_detail(text: str) -> tuple[str, str]:
+    """The provider's message and error code from an error body (JSON or text).
+    Not cut here: the message is cut once redacted, in `HttpProvider.stream`."""
+    text = text.strip()
     try:
         data = json.loads(text)
     except ValueError:
-        return " ".join(text.split())[:_MESSAGE_LIMIT], ""
+        return " ".join(text.split()), ""
     error = data.get("error") if isinstance(data, dict) else None
     message: object = None
     code: object = None
@@ -354,4 +454,4 @@ def _error_detail(body: bytes) -> tuple[str, str]:
         message = data.get("message") or data.get("detail")
     if not isinstance(message, str):
         message = text
-    return " ".join(message.split())[:_MESSAGE_LIMIT], str(code or "")
+    return " ".join(message.split()), str(code or "")

@@ -4,8 +4,13 @@ Spindle's items are shaped after this API, so the mapping is nearly one to
 one. What both wires share lives in `wire_common`.
 
 Request choices (README material):
-- `instructions` is sent as `instructions`; messages become `message` items
-  with `input_text` content, or `output_text` for the assistant.
+- `instructions` is sent as `instructions`; system, developer and user
+  messages become `message` items with `input_text` content.
+- An assistant message is replayed in the API's input form for it (the
+  "easy input message"): `{"type": "message", "role": "assistant",
+  "content": TEXT, "phase": ...}` with string content. Not the output-message
+  form (`output_text` parts), whose published type requires an `id`, a
+  `status` and `annotations` that Spindle does not keep.
 - An assistant message's `phase` (commentary or final_answer) is sent as the
   item's `phase`, a field of OpenAI's Responses API that OpenAI asks callers
   to resend; messages without a phase are sent without one.
@@ -61,13 +66,12 @@ def encode_request(request: ModelRequest) -> wire.JsonObject:
     return body
 
 
-def _message(role: str, text: str, phase: Phase | None = None) -> wire.JsonObject:
-    part = "output_text" if role == Role.ASSISTANT.value else "input_text"
-    encoded: wire.JsonObject = {
-        "type": "message",
-        "role": role,
-        "content": [{"type": part, "text": text}],
-    }
+def _message(role: str, text: str) -> wire.JsonObject:
+    return {"type": "message", "role": role, "content": [{"type": "input_text", "text": text}]}
+
+
+def _assistant_message(text: str, phase: Phase | None) -> wire.JsonObject:
+    encoded: wire.JsonObject = {"type": "message", "role": "assistant", "content": text}
     if phase is not None:
         encoded["phase"] = phase.value
     return encoded
@@ -75,8 +79,10 @@ def _message(role: str, text: str, phase: Phase | None = None) -> wire.JsonObjec
 
 def _encode_item(item: Item) -> wire.JsonObject | None:
     match item:
-        case Message(role=role, text=text, phase=phase):
-            return _message(role.value, text, phase if role is Role.ASSISTANT else None)
+        case Message(role=Role.ASSISTANT, text=text, phase=phase):
+            return _assistant_message(text, phase)
+        case Message(role=role, text=text):
+            return _message(role.value, text)
         case Reasoning(summary=summary, encrypted_content=encrypted):
             if not encrypted:
                 return None

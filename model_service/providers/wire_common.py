@@ -89,7 +89,8 @@ def parse_event_data(data: str) -> JsonObject:
     except ValueError:
         value = None
     if not isinstance(value, dict):
-        raise ModelError(f"malformed stream event: {data[:200]!r}", code=ErrorCode.UNAVAILABLE)
+        # Not cut here: the provider cuts messages only once it has redacted them.
+        raise ModelError(f"malformed stream event: {data!r}", code=ErrorCode.UNAVAILABLE)
     return value
 
 

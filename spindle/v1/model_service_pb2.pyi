@@ -28,12 +28,14 @@ class GenerateRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., instructions: _Optional[str] = ..., input: _Optional[_Iterable[_Union[_common_pb2.Item, _Mapping]]] = ..., tools: _Optional[_Iterable[_Union[_common_pb2.Tool, _Mapping]]] = ..., prompt_cache_key: _Optional[str] = ..., thread_id: _Optional[str] = ..., window_id: _Optional[str] = ..., sub_agent_kind: _Optional[str] = ...) -> None: ...
 
 class Completed(_message.Message):
-    __slots__ = ("usage", "response_id")
+    __slots__ = ("usage", "response_id", "endpoint")
     USAGE_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     usage: _common_pb2.Usage
     response_id: str
-    def __init__(self, usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., response_id: _Optional[str] = ...) -> None: ...
+    endpoint: str
+    def __init__(self, usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., response_id: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("text_delta", "item_done", "completed")
