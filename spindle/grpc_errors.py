@@ -59,10 +59,23 @@ def error_reason(error: grpc.RpcError) -> str:
     return ""
 
 
+def sent_by_server(error: grpc.RpcError) -> bool:
+    """Whether a Spindle servicer ended the call: `abort` always sends a
+    google.rpc.Status trailer, and grpc's own failures (no connection, a
+    peer gone mid-call) never carry one."""
+    try:
+        return rpc_status.from_call(error) is not None
+    except ValueError:  # a trailer that contradicts the status: still a server's
+        return True
+
+
 def model_error_from_rpc(error: grpc.RpcError, what: str) -> ModelError:
     """A failed call to the model-service, as a domain error that keeps its code
     (a refusal of this service's own credentials is the service's fault, not
-    the caller's: UNAVAILABLE)."""
+    the caller's: UNAVAILABLE). A status grpc made up means the model-service
+    was not reached: the message says so, naming `what`. The model-service's
+    own statuses pass as they are: their messages name the provider that
+    failed (`provider 'x': cannot connect to the provider: ...`)."""
     status = error.code()
     details = error.details() or status.name
     if error_reason(error) in (CREDENTIALS_REQUIRED, CREDENTIALS_INVALID):
@@ -70,7 +83,8 @@ def model_error_from_rpc(error: grpc.RpcError, what: str) -> ModelError:
             f"{what} does not accept this thread-service's credentials: {details}",
             code=ErrorCode.UNAVAILABLE,
         )
-    if status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN) and "connect" in details:
+    unreached = status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN)
+    if unreached and not sent_by_server(error):
         details = f"cannot reach {what}: {details}"
     return ModelError(details, code=error_code(status))
 

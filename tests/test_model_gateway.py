@@ -380,12 +380,6 @@ def test_an_unreachable_provider_is_named_by_the_model_service(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the lead's grpc_errors change (docs-proposed/grpc-errors-from-server.patch): "
-    "model_error_from_rpc prefixes 'cannot reach the model-service at ...' to any "
-    "UNAVAILABLE message holding 'connect', the model-service's own included",
-)
 def test_a_client_reads_that_the_provider_and_not_the_model_service_is_down(
     gateway: Stack, upstream: UpstreamServer, tmp_path: Path
 ) -> None:
