@@ -30,6 +30,8 @@ import tomlkit
 from spindle.errors import InvalidArgument
 from thread_service import trust
 from thread_service.records import TrustSource, TrustState
+from thread_service.stores.sqlite import SQLiteStore
+from thread_service.threads import Threads
 from thread_service.trust import LOCK_FILE_NAME, Marked, ProjectTrust, trust_target
 from thread_service.validation import check_cwd
 
@@ -643,6 +645,108 @@ def test_is_trusted_is_false_for_what_it_cannot_read(home: Path, project: Path) 
     assert not project_trust.is_trusted(str(project))
     config(home).write_text("not toml = = =")
     assert not project_trust.is_trusted(str(project))
+
+
+# --- the bound on trusted projects ------------------------------------------
+
+
+def trusted_entries(*names: str) -> bytes:
+    return b"".join(b"\n" + table_for(Path(f"/p/{name}")) for name in names)
+
+
+def test_at_the_bound_a_new_project_is_trusted_in_memory_and_the_file_untouched(
+    home: Path, project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # HAND_WRITTEN's untrusted "/already/there" does not count.
+    original = HAND_WRITTEN + trusted_entries("one", "two")
+    config(home).write_bytes(original)
+    before = config(home).stat()
+    outcome = mark(ProjectTrust(home, max_projects=2), str(project))
+    assert_in_memory(
+        outcome,
+        project,
+        caplog,
+        str(config(home)),
+        "already trusts 2 projects",
+        "max_trusted_projects",
+    )
+    after = config(home).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert config(home).read_bytes() == original
+
+
+def test_below_the_bound_untrusted_entries_do_not_count(home: Path, project: Path) -> None:
+    config(home).write_bytes(HAND_WRITTEN + trusted_entries("one"))
+    assert_persisted(mark(ProjectTrust(home, max_projects=2), str(project)), project)
+    saved = load(home)["projects"]
+    assert [key for key, entry in saved.items() if entry["trust_level"] == "trusted"] == [
+        "/p/one",
+        str(project),
+    ]
+
+
+def test_over_the_bound_trusted_projects_still_start_and_no_entry_is_removed(
+    tmp_path: Path, home: Path, project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    known = tmp_path / "known"
+    known.mkdir()
+    original = HAND_WRITTEN + trusted_entries("one", "two", "three") + b"\n" + table_for(known)
+    config(home).write_bytes(original)
+    project_trust = ProjectTrust(home, max_projects=2)
+    assert_persisted(mark(project_trust, known), known)
+    outcome = mark(project_trust, project)
+    assert_in_memory(
+        outcome, project, caplog, "already trusts 4 projects (max_trusted_projects = 2)"
+    )
+    assert config(home).read_bytes() == original
+
+
+def test_at_the_bound_an_untrusted_entry_is_not_raised_either(
+    home: Path, project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    original = trusted_entries("one") + b"\n" + table_for(project).replace(b'"trusted"', b'"no"')
+    config(home).write_bytes(original)
+    outcome = mark(ProjectTrust(home, max_projects=1), project)
+    assert_in_memory(outcome, project, caplog, "max_trusted_projects")
+    assert config(home).read_bytes() == original
+
+
+def test_once_the_user_removes_entries_new_projects_are_saved_again(
+    home: Path, project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config(home).write_bytes(trusted_entries("one"))
+    project_trust = ProjectTrust(home, max_projects=1)
+    assert mark(project_trust, project).state.source is TrustSource.IN_MEMORY
+    config(home).write_bytes(b"# cleaned up\n")
+    assert_persisted(mark(project_trust, project), project)
+    assert config(home).read_bytes() == b"# cleaned up\n\n" + table_for(project)
+
+
+@pytest.mark.anyio
+async def test_a_thread_started_at_the_bound_is_trusted_in_memory(
+    tmp_path: Path, home: Path, project: Path
+) -> None:
+    config(home).write_bytes(trusted_entries("one"))
+    store = await SQLiteStore.open(tmp_path / "data" / "spindle.sqlite3", "NORMAL")
+    try:
+        threads = Threads(
+            store, ProjectTrust(home, max_projects=1), default_model="m", max_spawn_depth=1
+        )
+        started = await threads.start(str(project))
+        expected = TrustState(str(project), True, TrustSource.IN_MEMORY)
+        assert started.thread.trust == expected
+        assert len(started.warnings) == 1 and "max_trusted_projects" in started.warnings[0]
+        stored = await store.get_thread(started.thread.id)
+        assert stored is not None and stored.trust == expected
+    finally:
+        await store.close()
+    assert config(home).read_bytes() == trusted_entries("one")
+
+
+@pytest.mark.parametrize("bound", [0, -1])
+def test_the_bound_is_at_least_one(home: Path, bound: int) -> None:
+    with pytest.raises(ValueError, match="max_projects"):
+        ProjectTrust(home, max_projects=bound)
 
 
 # --- the in-memory view: unchanged files are not read again -----------------

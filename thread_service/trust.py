@@ -5,11 +5,11 @@ Trust is saved in `{config_home}/config.toml` as
     [projects."/abs/path/to/project"]
     trust_level = "trusted"
 
-and saving it is best effort: a read-only file or folder, a full disk or a
-malformed file must not stop a thread from starting, so
-`ProjectTrust.mark_trusted` never raises for them. It returns trust held in
-memory only, with a warning naming the paths and the reason, and logs that
-warning once.
+and saving it is best effort: a read-only file or folder, a full disk, a
+malformed file or a file already holding the most trusted projects allowed
+must not stop a thread from starting, so `ProjectTrust.mark_trusted` never
+raises for them. It returns trust held in memory only, with a warning naming
+the paths and the reason, and logs that warning once.
 
 Behaviours callers may rely on:
 - The trust target is the root of the git repository holding the thread's
@@ -30,6 +30,10 @@ Behaviours callers may rely on:
   each start until it is older (a change within one timestamp tick would
   keep its stat), but not parsed again while they are the same. So a start
   in a trusted project costs the same whatever the number of projects.
+- The service writes at most `max_projects` trusted projects (the setting
+  `max_trusted_projects`): when the file already trusts that many, a start in
+  any other project is trusted in memory, with a warning naming the setting.
+  No entry is ever removed: the file is the user's.
 - An edit is written only if the new text parses with tomllib (the parser
   the services read their settings with) and reads back as exactly the old
   data plus this one trust; a file tomllib rejects is never touched. A new
@@ -78,7 +82,14 @@ from spindle.settings import CONFIG_FILE_NAME
 from thread_service.git_root import repository_root
 from thread_service.records import TrustSource, TrustState
 
-__all__ = ["LOCK_FILE_NAME", "Marked", "ProjectTrust", "trust_target"]
+__all__ = [
+    "DEFAULT_MAX_PROJECTS",
+    "LOCK_FILE_NAME",
+    "MAX_PROJECTS_SETTING",
+    "Marked",
+    "ProjectTrust",
+    "trust_target",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +99,9 @@ TRUST_LEVEL_KEY = "trust_level"
 LOCK_FILE_NAME = f"{CONFIG_FILE_NAME}.lock"
 NEW_FILE_MODE = 0o600
 DEFAULT_LOCK_TIMEOUT_S = 10.0
+DEFAULT_MAX_PROJECTS = 1000
+# The setting a warning names when the bound is reached; the service wires it to `max_projects`.
+MAX_PROJECTS_SETTING = "max_trusted_projects"
 # Timestamps move in ticks (a few ms on ext4, 1 s or 2 s on some file systems):
 # a file modified this shortly before it was read could change again within
 # the same tick, keeping its stat, so its view is checked again.
@@ -139,11 +153,18 @@ class ProjectTrust:
     """Marks and reads project trust in `{config_home}/config.toml`."""
 
     def __init__(
-        self, config_home: Path, *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+        self,
+        config_home: Path,
+        *,
+        max_projects: int = DEFAULT_MAX_PROJECTS,
+        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     ) -> None:
+        if max_projects < 1:
+            raise ValueError(f"max_projects must be at least 1, not {max_projects}")
         self._home = config_home
         self._config = config_home / CONFIG_FILE_NAME
         self._lock = config_home / LOCK_FILE_NAME
+        self._max_projects = max_projects
         self._lock_timeout_s = lock_timeout_s
         # Replaced whole, never changed: threads share it without a lock.
         self._view: _View | None = None
@@ -200,6 +221,11 @@ class ProjectTrust:
             raise _NotSaved(view.problem or "config.toml cannot be read")
         if project in view.trusted:
             return
+        if len(view.trusted) >= self._max_projects:
+            raise _NotSaved(
+                f"it already trusts {len(view.trusted)} projects "
+                f"({MAX_PROJECTS_SETTING} = {self._max_projects})"
+            )
         edit = _edited_config(view.text, view.data, project)
         if edit is None:
             return
@@ -298,7 +324,7 @@ def _parsed_view(raw: bytes, identity: _Identity, settled: bool) -> _View:
 
 
 def _trusted_keys(data: dict[str, Any]) -> frozenset[str]:
-    """The projects `data` trusts: a start in one of them needs no write."""
+    """The projects `data` trusts: the ones the bound counts and a start needs no write for."""
     projects = data.get(PROJECTS_KEY)
     if not isinstance(projects, dict):
         return frozenset()
