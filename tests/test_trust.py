@@ -12,10 +12,13 @@ import logging
 import multiprocessing
 import os
 import stat
+import sys
 import threading
+import time
 import tomllib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -27,6 +30,8 @@ import tomlkit
 from spindle.errors import InvalidArgument
 from thread_service import trust
 from thread_service.records import TrustSource, TrustState
+from thread_service.stores.sqlite import SQLiteStore
+from thread_service.threads import Threads
 from thread_service.trust import LOCK_FILE_NAME, Marked, ProjectTrust, trust_target
 from thread_service.validation import check_cwd
 
@@ -580,17 +585,35 @@ def test_a_full_disk_leaves_the_file_and_no_temporary_file(
     assert folder_listing(home) == {"config.toml", LOCK_FILE_NAME}
 
 
-def test_an_edit_that_would_not_read_back_is_refused(
-    home: Path, project: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def loses_a_table(doc: tomlkit.TOMLDocument, text: str, project: str) -> str:
-        return text.replace("[model_service]", "[renamed]") + table_for(Path(project)).decode()
+def loses_a_table(text: str, project: str) -> str:
+    """A broken edit: the new table is there, and a table is renamed."""
+    return text.replace("[model_service]", "[renamed]") + table_for(Path(project)).decode()
 
-    monkeypatch.setattr(trust, "_with_trust", loses_a_table)
-    config(home).write_bytes(HAND_WRITTEN)
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["append", "edit-in-place"])
+def test_an_edit_that_would_not_read_back_is_refused(
+    home: Path,
+    project: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    in_place: bool,
+) -> None:
+    original = HAND_WRITTEN
+    if in_place:  # an untrusted entry is edited by tomlkit, a new project is appended
+        original += f'\n[projects."{project}"]\ntrust_level = "untrusted"\n'.encode()
+        real_edit = trust._with_trust
+
+        def edits_and_renames(doc: tomlkit.TOMLDocument, text: str, project: str) -> str | None:
+            edited = real_edit(doc, text, project)
+            return edited and edited.replace("[model_service]", "[renamed]")
+
+        monkeypatch.setattr(trust, "_with_trust", edits_and_renames)
+    else:
+        monkeypatch.setattr(trust, "_appended", loses_a_table)
+    config(home).write_bytes(original)
     outcome = mark(ProjectTrust(home), str(project))
     assert_in_memory(outcome, project, caplog, "would not read back as expected")
-    assert config(home).read_bytes() == HAND_WRITTEN
+    assert config(home).read_bytes() == original
 
 
 def test_a_lock_held_too_long_gives_up(
@@ -607,7 +630,7 @@ def test_a_lock_held_too_long_gives_up(
 def test_an_unexpected_error_still_starts_the_thread(
     home: Path, project: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(text: str, project: str) -> str | None:
+    def broken(text: str, before: dict[str, Any], project: str) -> None:
         raise RuntimeError("bug")
 
     monkeypatch.setattr(trust, "_edited_config", broken)
@@ -622,6 +645,251 @@ def test_is_trusted_is_false_for_what_it_cannot_read(home: Path, project: Path) 
     assert not project_trust.is_trusted(str(project))
     config(home).write_text("not toml = = =")
     assert not project_trust.is_trusted(str(project))
+
+
+# --- the bound on trusted projects ------------------------------------------
+
+
+def trusted_entries(*names: str) -> bytes:
+    return b"".join(b"\n" + table_for(Path(f"/p/{name}")) for name in names)
+
+
+def test_at_the_bound_a_new_project_is_trusted_in_memory_and_the_file_untouched(
+    home: Path, project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # HAND_WRITTEN's untrusted "/already/there" does not count.
+    original = HAND_WRITTEN + trusted_entries("one", "two")
+    config(home).write_bytes(original)
+    before = config(home).stat()
+    outcome = mark(ProjectTrust(home, max_projects=2), str(project))
+    assert_in_memory(
+        outcome,
+        project,
+        caplog,
+        str(config(home)),
+        "already trusts 2 projects",
+        "max_trusted_projects",
+    )
+    after = config(home).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert config(home).read_bytes() == original
+
+
+def test_below_the_bound_untrusted_entries_do_not_count(home: Path, project: Path) -> None:
+    config(home).write_bytes(HAND_WRITTEN + trusted_entries("one"))
+    assert_persisted(mark(ProjectTrust(home, max_projects=2), str(project)), project)
+    saved = load(home)["projects"]
+    assert [key for key, entry in saved.items() if entry["trust_level"] == "trusted"] == [
+        "/p/one",
+        str(project),
+    ]
+
+
+def test_over_the_bound_trusted_projects_still_start_and_no_entry_is_removed(
+    tmp_path: Path, home: Path, project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    known = tmp_path / "known"
+    known.mkdir()
+    original = HAND_WRITTEN + trusted_entries("one", "two", "three") + b"\n" + table_for(known)
+    config(home).write_bytes(original)
+    project_trust = ProjectTrust(home, max_projects=2)
+    assert_persisted(mark(project_trust, known), known)
+    outcome = mark(project_trust, project)
+    assert_in_memory(
+        outcome, project, caplog, "already trusts 4 projects (max_trusted_projects = 2)"
+    )
+    assert config(home).read_bytes() == original
+
+
+def test_at_the_bound_an_untrusted_entry_is_not_raised_either(
+    home: Path, project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    original = trusted_entries("one") + b"\n" + table_for(project).replace(b'"trusted"', b'"no"')
+    config(home).write_bytes(original)
+    outcome = mark(ProjectTrust(home, max_projects=1), project)
+    assert_in_memory(outcome, project, caplog, "max_trusted_projects")
+    assert config(home).read_bytes() == original
+
+
+def test_once_the_user_removes_entries_new_projects_are_saved_again(
+    home: Path, project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config(home).write_bytes(trusted_entries("one"))
+    project_trust = ProjectTrust(home, max_projects=1)
+    assert mark(project_trust, project).state.source is TrustSource.IN_MEMORY
+    config(home).write_bytes(b"# cleaned up\n")
+    assert_persisted(mark(project_trust, project), project)
+    assert config(home).read_bytes() == b"# cleaned up\n\n" + table_for(project)
+
+
+@pytest.mark.anyio
+async def test_a_thread_started_at_the_bound_is_trusted_in_memory(
+    tmp_path: Path, home: Path, project: Path
+) -> None:
+    config(home).write_bytes(trusted_entries("one"))
+    store = await SQLiteStore.open(tmp_path / "data" / "spindle.sqlite3", "NORMAL")
+    try:
+        threads = Threads(
+            store, ProjectTrust(home, max_projects=1), default_model="m", max_spawn_depth=1
+        )
+        started = await threads.start(str(project))
+        expected = TrustState(str(project), True, TrustSource.IN_MEMORY)
+        assert started.thread.trust == expected
+        assert len(started.warnings) == 1 and "max_trusted_projects" in started.warnings[0]
+        stored = await store.get_thread(started.thread.id)
+        assert stored is not None and stored.trust == expected
+    finally:
+        await store.close()
+    assert config(home).read_bytes() == trusted_entries("one")
+
+
+@pytest.mark.parametrize("bound", [0, -1])
+def test_the_bound_is_at_least_one(home: Path, bound: int) -> None:
+    with pytest.raises(ValueError, match="max_projects"):
+        ProjectTrust(home, max_projects=bound)
+
+
+# --- the in-memory view: unchanged files are not read again -----------------
+
+_recorders: list[list[str]] = []
+
+
+def _record_opens(event: str, args: tuple[Any, ...]) -> None:
+    if event == "open" and _recorders and isinstance(args[0], str | bytes | os.PathLike):
+        for found in _recorders:
+            found.append(os.fsdecode(args[0]))
+
+
+@functools.cache
+def _install_open_recorder() -> None:
+    """An audit hook sees every open(), by any API; hooks stay for the process, so once."""
+    sys.addaudithook(_record_opens)
+
+
+@contextmanager
+def files_opened_under(folder: Path) -> Iterator[list[Path]]:
+    """The files under `folder` opened within the block (as a list filled on exit)."""
+    _install_open_recorder()
+    found: list[str] = []
+    under: list[Path] = []
+    _recorders.append(found)
+    try:
+        yield under
+    finally:
+        _recorders.remove(found)
+        under.extend(Path(p) for p in found if Path(p).is_relative_to(folder))
+
+
+def written_a_minute_ago(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    then = time.time() - 60
+    os.utime(path, (then, then))
+
+
+def test_a_start_in_a_trusted_project_reads_nothing_while_the_file_is_unchanged(
+    home: Path, project: Path
+) -> None:
+    written_a_minute_ago(config(home), HAND_WRITTEN + b"\n" + table_for(project))
+    project_trust = ProjectTrust(home)
+    with files_opened_under(home) as first:
+        assert_persisted(mark(project_trust, project), project)
+    with files_opened_under(home) as later:
+        for _ in range(3):
+            assert_persisted(mark(project_trust, project), project)
+        assert project_trust.is_trusted(str(project))
+    assert first == [config(home)]
+    assert later == []
+
+
+def test_a_file_changed_just_before_it_was_read_is_read_again(home: Path, project: Path) -> None:
+    # A change within the same timestamp tick would keep the stat: until the
+    # file is older than that, every start looks at its bytes again.
+    config(home).write_bytes(table_for(project))
+    project_trust = ProjectTrust(home)
+    assert_persisted(mark(project_trust, project), project)
+    with files_opened_under(home) as opened:
+        assert_persisted(mark(project_trust, project), project)
+    assert opened == [config(home)]
+    then = time.time() - 60
+    os.utime(config(home), (then, then))
+    assert_persisted(mark(project_trust, project), project)
+    with files_opened_under(home) as opened:
+        assert_persisted(mark(project_trust, project), project)
+    assert opened == []
+
+
+def _rewritten(path: Path, data: bytes) -> None:
+    """Another program replacing the file, as editors and `mv` do."""
+    (path.parent / "new.toml").write_bytes(data)
+    os.replace(path.parent / "new.toml", path)
+
+
+def _rewritten_in_place_keeping_mtime(path: Path, data: bytes) -> None:
+    """Another program writing into the file and setting its mtime back."""
+    before = path.stat()
+    assert len(data) == before.st_size, "precondition: same size"
+    with open(path, "r+b") as fh:
+        fh.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+@pytest.mark.parametrize("rewrite", [_rewritten, _rewritten_in_place_keeping_mtime])
+def test_an_outside_edit_removing_the_trust_is_noticed(
+    home: Path,
+    project: Path,
+    rewrite: Callable[[Path, bytes], None],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    original = HAND_WRITTEN + b"\n" + table_for(project)
+    written_a_minute_ago(config(home), original)
+    project_trust = ProjectTrust(home)
+    assert_persisted(mark(project_trust, project), project)
+    # Same size, so only the stat's inode or ctime can tell.
+    untrusted = original.replace(b'"trusted"', b'"Trusted"')
+    rewrite(config(home), untrusted)
+    assert not project_trust.is_trusted(str(project))
+    assert_persisted(mark(project_trust, project), project)
+    assert config(home).read_bytes() == original
+    assert not caplog.records
+
+
+def test_trust_written_by_another_process_is_seen_and_kept(
+    tmp_path: Path, home: Path, project: Path
+) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    written_a_minute_ago(config(home), HAND_WRITTEN)
+    here, elsewhere = ProjectTrust(home), ProjectTrust(home)
+    assert not here.is_trusted(str(other))
+    assert_persisted(mark(elsewhere, other), other)
+    assert here.is_trusted(str(other))
+    assert_persisted(mark(here, project), project)
+    assert config(home).read_bytes() == HAND_WRITTEN + b"\n" + table_for(other) + b"\n" + (
+        table_for(project)
+    )
+
+
+def test_a_deleted_file_is_noticed(home: Path, project: Path) -> None:
+    written_a_minute_ago(config(home), table_for(project))
+    project_trust = ProjectTrust(home)
+    assert_persisted(mark(project_trust, project), project)
+    config(home).unlink()
+    assert not project_trust.is_trusted(str(project))
+    assert_persisted(mark(project_trust, project), project)
+    assert config(home).read_bytes() == table_for(project)
+
+
+def test_a_file_that_became_malformed_is_noticed(
+    home: Path, project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    written_a_minute_ago(config(home), table_for(project))
+    project_trust = ProjectTrust(home)
+    assert_persisted(mark(project_trust, project), project)
+    broken = table_for(project) + b"oops = = 1\n"
+    config(home).write_bytes(broken)
+    outcome = mark(project_trust, project)
+    assert_in_memory(outcome, project, caplog, "not valid TOML", "line 3, column 8")
+    assert config(home).read_bytes() == broken
 
 
 # --- concurrency ------------------------------------------------------------

@@ -5,11 +5,11 @@ Trust is saved in `{config_home}/config.toml` as
     [projects."/abs/path/to/project"]
     trust_level = "trusted"
 
-and saving it is best effort: a read-only file or folder, a full disk or a
-malformed file must not stop a thread from starting, so
-`ProjectTrust.mark_trusted` never raises for them. It returns trust held in
-memory only, with a warning naming the paths and the reason, and logs that
-warning once.
+and saving it is best effort: a read-only file or folder, a full disk, a
+malformed file or a file already holding the most trusted projects allowed
+must not stop a thread from starting, so `ProjectTrust.mark_trusted` never
+raises for them. It returns trust held in memory only, with a warning naming
+the paths and the reason, and logs that warning once.
 
 Behaviours callers may rely on:
 - The trust target is the root of the git repository holding the thread's
@@ -23,9 +23,25 @@ Behaviours callers may rely on:
   an inline `projects = {...}` gains an inline entry. Every other byte stays.
 - A project the file already trusts causes no write at all (not even of the
   lock file), so repeated starts leave the file's bytes and mtime alone.
-- An edit is written only if the new text parses with tomlkit and tomllib
-  and reads back as exactly the old data plus this one trust; a file either
-  parser rejects is never touched.
+- Nor does it cause a read while the file is unchanged: its trusted keys are
+  kept in memory with its identity (device, inode, size, mtime, ctime), and
+  a change by anyone, in any process, makes the next start read it again. A
+  file changed less than 2 s before it was read has its bytes read again at
+  each start until it is older (a change within one timestamp tick would
+  keep its stat), but not parsed again while they are the same. So a start
+  in a trusted project costs the same whatever the number of projects.
+- The service writes at most `max_projects` trusted projects (the setting
+  `max_trusted_projects`): when the file already trusts that many, a start in
+  any other project is trusted in memory, with a warning naming the setting.
+  No entry is ever removed: the file is the user's.
+- An edit is written only if the new text parses with tomllib (the parser
+  the services read their settings with) and reads back as exactly the old
+  data plus this one trust; a file tomllib rejects is never touched. A new
+  project is appended as a table rendered by tomlkit and checked with
+  tomllib alone, so adding one costs no tomlkit parse of the whole file (a
+  few hundred ms at a thousand projects, against about 10 ms for tomllib).
+  Edits in place (an existing entry, an inline `projects`) are tomlkit's,
+  and the file must parse with tomlkit before and after them too.
 - Writes are atomic (temporary file in the same folder, fsync, `os.replace`,
   fsync of the folder), keep the old file's permission bits (new files get
   0o600: the file may hold settings worth keeping private) and its owner
@@ -39,7 +55,7 @@ Behaviours callers may rely on:
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import errno
 import fcntl
 import json
@@ -53,6 +69,7 @@ import time
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -65,7 +82,14 @@ from spindle.settings import CONFIG_FILE_NAME
 from thread_service.git_root import repository_root
 from thread_service.records import TrustSource, TrustState
 
-__all__ = ["LOCK_FILE_NAME", "Marked", "ProjectTrust", "trust_target"]
+__all__ = [
+    "DEFAULT_MAX_PROJECTS",
+    "LOCK_FILE_NAME",
+    "MAX_PROJECTS_SETTING",
+    "Marked",
+    "ProjectTrust",
+    "trust_target",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +99,18 @@ TRUST_LEVEL_KEY = "trust_level"
 LOCK_FILE_NAME = f"{CONFIG_FILE_NAME}.lock"
 NEW_FILE_MODE = 0o600
 DEFAULT_LOCK_TIMEOUT_S = 10.0
+DEFAULT_MAX_PROJECTS = 1000
+# The setting a warning names when the bound is reached; the service wires it to `max_projects`.
+MAX_PROJECTS_SETTING = "max_trusted_projects"
+# Timestamps move in ticks (a few ms on ext4, 1 s or 2 s on some file systems):
+# a file modified this shortly before it was read could change again within
+# the same tick, keeping its stat, so its view is checked again.
+_SETTLE_NS = 2_000_000_000
 _ANY_WRITE_BIT = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 _TABLES = (Table, InlineTable, OutOfOrderTableProxy)
 _TOMLLIB_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+_Identity = tuple[int, int, int, int, int]
 
 
 class Marked(NamedTuple):
@@ -91,6 +124,26 @@ class _NotSaved(Exception):
     """Trust could not be written; the message is the reason shown to the user."""
 
 
+@dataclass(frozen=True, slots=True)
+class _View:
+    """config.toml as last read, kept so that an unchanged file is not read again.
+
+    `data` is what tomllib read (None with a `problem`: the file cannot be
+    edited, and why); nothing may mutate it, views are shared between threads.
+    """
+
+    identity: _Identity | None  # None: not known (just written), so not to be trusted
+    settled: bool  # read long enough after its last change for `identity` to tell
+    raw: bytes
+    text: str
+    data: dict[str, Any] | None
+    problem: str | None
+    trusted: frozenset[str]
+
+
+_ABSENT = _View(None, False, b"", "", {}, None, frozenset())
+
+
 def trust_target(directory: Path) -> Path:
     """The folder to trust for a thread started in `directory` (resolved)."""
     return repository_root(directory) or directory
@@ -100,12 +153,21 @@ class ProjectTrust:
     """Marks and reads project trust in `{config_home}/config.toml`."""
 
     def __init__(
-        self, config_home: Path, *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+        self,
+        config_home: Path,
+        *,
+        max_projects: int = DEFAULT_MAX_PROJECTS,
+        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     ) -> None:
+        if max_projects < 1:
+            raise ValueError(f"max_projects must be at least 1, not {max_projects}")
         self._home = config_home
         self._config = config_home / CONFIG_FILE_NAME
         self._lock = config_home / LOCK_FILE_NAME
+        self._max_projects = max_projects
         self._lock_timeout_s = lock_timeout_s
+        # Replaced whole, never changed: threads share it without a lock.
+        self._view: _View | None = None
 
     @property
     def config_path(self) -> Path:
@@ -126,14 +188,15 @@ class ProjectTrust:
         return Marked(TrustState(project, True, TrustSource.PERSISTED), None)
 
     def is_trusted(self, project_path: str) -> bool:
-        """Whether config.toml trusts exactly this key; False when it cannot be read."""
+        """Whether config.toml trusts exactly this key; False when it cannot be read.
+
+        Costs a stat while the file is unchanged; it is read again when it changed.
+        """
         try:
-            data = tomllib.loads(self._config.read_bytes().decode("utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            view, _ = self._current(self._config)
+        except _NotSaved:
             return False
-        projects = data.get(PROJECTS_KEY)
-        entry = projects.get(project_path) if isinstance(projects, dict) else None
-        return isinstance(entry, dict) and entry.get(TRUST_LEVEL_KEY) == TRUSTED
+        return project_path in view.trusted
 
     def _persist(self, project: str) -> None:
         """Write trust for `project` unless the file already holds it."""
@@ -153,10 +216,45 @@ class ProjectTrust:
             _require_writable(target.parent, "the folder of config.toml")
         if target.exists():
             _require_writable(target, "config.toml")
-        text, previous = _read_config(target)
-        new_text = _edited_config(text, project)
-        if new_text is not None:
-            _replace_atomically(target, new_text.encode("utf-8"), previous)
+        view, previous = self._current(target)
+        if view.problem is not None or view.data is None:
+            raise _NotSaved(view.problem or "config.toml cannot be read")
+        if project in view.trusted:
+            return
+        if len(view.trusted) >= self._max_projects:
+            raise _NotSaved(
+                f"it already trusts {len(view.trusted)} projects "
+                f"({MAX_PROJECTS_SETTING} = {self._max_projects})"
+            )
+        edit = _edited_config(view.text, view.data, project)
+        if edit is None:
+            return
+        new_text, after = edit
+        raw = new_text.encode("utf-8")
+        _replace_atomically(target, raw, previous)
+        # Its identity is left unknown: the next look reads the file and compares the bytes.
+        self._view = _View(None, False, raw, new_text, after, None, _trusted_keys(after))
+
+    def _current(self, path: Path) -> tuple[_View, os.stat_result | None]:
+        """The file at `path` as it is now, and its stat (None when it does not exist).
+
+        The last view is reused while the file's identity is the same, without
+        reading; otherwise the file is read, and parsed unless its bytes are
+        those of the last view.
+        """
+        view = self._view
+        try:
+            status = os.stat(path)
+        except FileNotFoundError:
+            return _ABSENT, None
+        except OSError as exc:
+            raise _NotSaved(f"cannot read config.toml: {_reason(exc)}") from exc
+        if view is not None and view.settled and view.identity == _identity(status):
+            return view, status
+        fresh, status_read = _read_view(path, view)
+        if status_read is not None:
+            self._view = fresh
+        return fresh, status_read
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -179,31 +277,113 @@ class ProjectTrust:
         return Marked(TrustState(project, True, TrustSource.IN_MEMORY), warning)
 
 
-def _edited_config(text: str, project: str) -> str | None:
-    """The text of config.toml with `project` trusted, or None when it already is."""
+def _identity(status: os.stat_result) -> _Identity:
+    """What changes when the file does: replaced (inode), written (size, mtime), or
+    touched in any way, its mtime set back included (ctime, which no one can set)."""
+    return (
+        status.st_dev,
+        status.st_ino,
+        status.st_size,
+        status.st_mtime_ns,
+        status.st_ctime_ns,
+    )
+
+
+def _read_view(path: Path, last: _View | None) -> tuple[_View, os.stat_result | None]:
+    """Read config.toml; parse it unless its bytes are `last`'s."""
+    read_at = time.time_ns()  # before reading: a change after this has a later mtime
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+            status = os.fstat(fh.fileno())
+    except FileNotFoundError:
+        return _ABSENT, None
+    except OSError as exc:
+        raise _NotSaved(f"cannot read config.toml: {_reason(exc)}") from exc
+    identity = _identity(status)
+    settled = read_at - status.st_mtime_ns >= _SETTLE_NS
+    if last is not None and last.raw == raw:
+        return dataclasses.replace(last, identity=identity, settled=settled), status
+    return _parsed_view(raw, identity, settled), status
+
+
+def _parsed_view(raw: bytes, identity: _Identity, settled: bool) -> _View:
+    """A view of new bytes: what tomllib reads, or why the file cannot be edited."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problem = f"config.toml is not valid UTF-8 (at byte {exc.start}); it was left unchanged"
+        return _View(identity, settled, raw, "", None, problem, frozenset())
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        found = _TOMLLIB_POSITION.search(str(exc))
+        line, column = (int(found[1]), int(found[2])) if found else (None, None)
+        return _View(identity, settled, raw, text, None, _malformed(line, column), frozenset())
+    return _View(identity, settled, raw, text, data, None, _trusted_keys(data))
+
+
+def _trusted_keys(data: dict[str, Any]) -> frozenset[str]:
+    """The projects `data` trusts: the ones the bound counts and a start needs no write for."""
+    projects = data.get(PROJECTS_KEY)
+    if not isinstance(projects, dict):
+        return frozenset()
+    return frozenset(
+        key
+        for key, entry in projects.items()
+        if isinstance(entry, dict) and entry.get(TRUST_LEVEL_KEY) == TRUSTED
+    )
+
+
+def _edited_config(
+    text: str, before: dict[str, Any], project: str
+) -> tuple[str, dict[str, Any]] | None:
+    """`text` (which tomllib reads as `before`) with `project` trusted, and what
+    it reads as; None when it already is trusted."""
     try:
         project.encode("utf-8")
     except UnicodeEncodeError:
         raise _NotSaved("the project path is not valid UTF-8, which TOML cannot hold") from None
-    doc, before = _parse(text)
-    new_text = _with_trust(doc, text, project)
-    if new_text is not None:
-        _check_edit(before, new_text, project)
-    return new_text
+    projects = before.get(PROJECTS_KEY)
+    if projects is not None and not isinstance(projects, dict):
+        raise _NotSaved("`projects` in config.toml is not a table; it was left unchanged")
+    entry = None if projects is None else projects.get(project)
+    if entry is None:
+        new_text = _appended(text, project)
+        try:
+            after = tomllib.loads(new_text)
+        except tomllib.TOMLDecodeError:
+            # An inline `projects = {...}` cannot gain a table; tomlkit adds an inline entry.
+            return _edited_in_place(text, before, project)
+        _check_read_back(before, after, project)
+        return new_text, after
+    if not isinstance(entry, dict):
+        raise _NotSaved("this project's entry in config.toml is not a table; it was left unchanged")
+    if entry.get(TRUST_LEVEL_KEY) == TRUSTED:
+        return None
+    return _edited_in_place(text, before, project)
 
 
-def _parse(text: str) -> tuple[tomlkit.TOMLDocument, dict[str, Any]]:
-    """The file as tomlkit edits it and as tomllib (the settings' parser) reads it."""
+def _edited_in_place(
+    text: str, before: dict[str, Any], project: str
+) -> tuple[str, dict[str, Any]] | None:
+    """The edit tomlkit makes in the file's own layout, checked with both parsers."""
     try:
-        return tomlkit.parse(text), tomllib.loads(text)
+        doc = tomlkit.parse(text)
     except ParseError as exc:  # tomlkit counts columns from 0
         raise _NotSaved(_malformed(exc.line, exc.col + 1)) from exc
-    except tomllib.TOMLDecodeError as exc:
-        found = _TOMLLIB_POSITION.search(str(exc))
-        line, column = (int(found[1]), int(found[2])) if found else (None, None)
-        raise _NotSaved(_malformed(line, column)) from exc
     except TOMLKitError as exc:
         raise _NotSaved(f"tomlkit cannot edit config.toml ({type(exc).__name__})") from exc
+    new_text = _with_trust(doc, text, project)
+    if new_text is None:
+        return None
+    try:
+        tomlkit.parse(new_text)
+        after = tomllib.loads(new_text)
+    except (TOMLKitError, tomllib.TOMLDecodeError) as exc:
+        raise _NotSaved("the edited config.toml would not parse; it was left unchanged") from exc
+    _check_read_back(before, after, project)
+    return new_text, after
 
 
 def _malformed(line: int | None, column: int | None) -> str:
@@ -259,15 +439,15 @@ def _separator(text: str, newline: str) -> str:
     return newline if text.endswith("\n") else newline * 2
 
 
-def _check_edit(before: dict[str, Any], new_text: str, project: str) -> None:
+def _check_read_back(before: dict[str, Any], after: dict[str, Any], project: str) -> None:
     """Refuse an edit unless it reads back as the old data plus this one trust."""
-    expected = copy.deepcopy(before)
-    expected.setdefault(PROJECTS_KEY, {}).setdefault(project, {})[TRUST_LEVEL_KEY] = TRUSTED
-    try:
-        tomlkit.parse(new_text)
-        after = tomllib.loads(new_text)
-    except (TOMLKitError, tomllib.TOMLDecodeError) as exc:
-        raise _NotSaved("the edited config.toml would not parse; it was left unchanged") from exc
+    # Copies along the edited path only: `before` is a shared view's, and may be large.
+    expected = dict(before)
+    projects = dict(expected.get(PROJECTS_KEY, {}))
+    entry = dict(projects.get(project, {}))
+    entry[TRUST_LEVEL_KEY] = TRUSTED
+    projects[project] = entry
+    expected[PROJECTS_KEY] = projects
     if not _same(after, expected):
         raise _NotSaved("the edited config.toml would not read back as expected; left unchanged")
 
@@ -294,24 +474,6 @@ def _require_writable(path: Path, label: str) -> None:
     needed = os.W_OK | os.X_OK if stat.S_ISDIR(mode) else os.W_OK
     if not mode & _ANY_WRITE_BIT or not os.access(path, needed):
         raise _NotSaved(f"{label} {_show(path)} is read-only")
-
-
-def _read_config(path: Path) -> tuple[str, os.stat_result | None]:
-    """The text of config.toml and its stat, or ("", None) when it does not exist."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-            previous = os.fstat(fh.fileno())
-    except FileNotFoundError:
-        return "", None
-    except OSError as exc:
-        raise _NotSaved(f"cannot read config.toml: {_reason(exc)}") from exc
-    try:
-        return raw.decode("utf-8"), previous
-    except UnicodeDecodeError as exc:
-        raise _NotSaved(
-            f"config.toml is not valid UTF-8 (at byte {exc.start}); it was left unchanged"
-        ) from exc
 
 
 def _replace_atomically(path: Path, data: bytes, previous: os.stat_result | None) -> None:
