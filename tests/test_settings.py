@@ -58,6 +58,7 @@ def test_config_home_from_the_environment_and_paths_expanded(tmp_path: Path) -> 
         ("[thread_service]\nunknown_thing = 1\n", "unknown setting(s): unknown_thing"),
         ('[thread_service]\nlisten = "nowhere"\n', "listen must be HOST:PORT"),
         ("[thread_service]\nmax_spawn_depth = -1\n", "max_spawn_depth must be 0 or more"),
+        ("[thread_service]\nmax_trusted_projects = 0\n", "max_trusted_projects must be 1 or more"),
         ("thread_service = 3\n", "must be a table"),
         ("[thread_service\n", "config.toml"),
     ],

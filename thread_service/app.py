@@ -51,7 +51,7 @@ async def build(settings: ThreadServiceSettings) -> Service:
     )
     threads = Threads(
         store,
-        ProjectTrust(settings.config_home),
+        ProjectTrust(settings.config_home, max_projects=settings.max_trusted_projects),
         default_model=settings.default_model,
         max_spawn_depth=settings.max_spawn_depth,
         max_instructions_bytes=settings.max_instructions_bytes,

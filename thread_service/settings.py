@@ -117,6 +117,12 @@ class ThreadServiceSettings(ServiceSettings):
     max_spawn_depth: int = setting(
         4, "SPINDLE_MAX_SPAWN_DEPTH", "deepest sub-agent level allowed (root is 0)"
     )
+    max_trusted_projects: int = setting(
+        1000,
+        "SPINDLE_MAX_TRUSTED_PROJECTS",
+        "most projects StartThread saves as trusted in config.toml; past it, a new "
+        "project is trusted in memory only, with a warning",
+    )
     sqlite_synchronous: str = setting(
         "FULL", "SPINDLE_SQLITE_SYNCHRONOUS", "SQLite synchronous mode: FULL, EXTRA or NORMAL"
     )
@@ -125,6 +131,8 @@ class ThreadServiceSettings(ServiceSettings):
         super().validate()
         if self.max_spawn_depth < 0:
             raise SettingsError("max_spawn_depth must be 0 or more")
+        if self.max_trusted_projects < 1:
+            raise SettingsError("max_trusted_projects must be 1 or more")
         if self.sqlite_synchronous.upper() not in SQLITE_SYNCHRONOUS_MODES:
             raise SettingsError("sqlite_synchronous must be FULL, EXTRA or NORMAL")
         if self.model_service_balancing not in BALANCING_POLICIES:
