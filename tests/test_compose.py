@@ -347,6 +347,7 @@ def test_image_alone(compose_base: Compose) -> None:
     container = f"spindle-test-{uuid.uuid4().hex[:10]}"
     try:
         run = ["docker", "run", "-d", "--name", container, "--health-interval=1s"]
+        run += ["-e", "SPINDLE_INSECURE_NO_AUTH=true"]  # it listens on 0.0.0.0
         _run([*run, TEST_IMAGE, "model-service"])
         _wait_healthy(container, lambda: _container_logs(container))
         assert _run(["docker", "exec", container, "id", "-un"]).strip() == "spindle"
