@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from spindle import items, model
-from spindle.errors import ErrorCode, InvalidArgument
+from spindle.errors import InvalidArgument
 from spindle.v1 import common_pb2 as pb
 from spindle.v1 import model_service_pb2 as model_pb
 
@@ -77,12 +77,6 @@ def item_to_pb(item: items.Item) -> pb.Item:
             text=item.text,
         )
     )
-
-
-def error_to_pb(code: ErrorCode, message: str) -> pb.Error:
-    """Every domain code has its namesake in the proto enum (a test keeps it so)."""
-    number = pb.ErrorCode.Value(f"ERROR_CODE_{code.value}")
-    return pb.Error(code=number, message=message)  # type: ignore[arg-type]
 
 
 def tool_from_pb(tool: pb.Tool) -> model.Tool:

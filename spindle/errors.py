@@ -23,6 +23,7 @@ class ErrorCode(enum.Enum):
     PERMISSION_DENIED = "PERMISSION_DENIED"
     UNAUTHENTICATED = "UNAUTHENTICATED"
     CANCELLED = "CANCELLED"
+    ABORTED = "ABORTED"
     INTERNAL = "INTERNAL"
 
 
@@ -71,6 +72,14 @@ class NotFound(SpindleError):
 
 class FailedPrecondition(SpindleError):
     code = ErrorCode.FAILED_PRECONDITION
+
+
+class AlreadyExists(SpindleError):
+    code = ErrorCode.ALREADY_EXISTS
+
+
+class Aborted(SpindleError):
+    code = ErrorCode.ABORTED
 
 
 class Unauthenticated(SpindleError):

@@ -46,17 +46,22 @@ def error_code(status: grpc.StatusCode) -> ErrorCode:
         return ErrorCode.UNAVAILABLE
 
 
-def error_reason(error: grpc.RpcError) -> str:
-    """The ErrorInfo reason a failed call carries, or ''."""
+def error_details(error: grpc.RpcError) -> tuple[str, dict[str, str], float | None]:
+    """The ErrorInfo reason and metadata and the RetryInfo delay a failed call
+    carries (("", {}, None) when it carries none)."""
     try:
         status = rpc_status.from_call(error)
     except ValueError:  # details that contradict the call's own status
-        return ""
+        return "", {}, None
+    reason, metadata, retry_after = "", {}, None
     for detail in status.details if status is not None else ():
         info = error_details_pb2.ErrorInfo()
+        retry = error_details_pb2.RetryInfo()
         if detail.Unpack(info):
-            return str(info.reason)
-    return ""
+            reason, metadata = str(info.reason), dict(info.metadata)
+        elif detail.Unpack(retry):
+            retry_after = retry.retry_delay.ToNanoseconds() / 1e9
+    return reason, metadata, retry_after
 
 
 def sent_by_server(error: grpc.RpcError) -> bool:
@@ -78,7 +83,8 @@ def model_error_from_rpc(error: grpc.RpcError, what: str) -> ModelError:
     failed (`provider 'x': cannot connect to the provider: ...`)."""
     status = error.code()
     details = error.details() or status.name
-    if error_reason(error) in (CREDENTIALS_REQUIRED, CREDENTIALS_INVALID):
+    reason, metadata, retry_after = error_details(error)
+    if reason in (CREDENTIALS_REQUIRED, CREDENTIALS_INVALID):
         return ModelError(
             f"{what} does not accept this thread-service's credentials: {details}",
             code=ErrorCode.UNAVAILABLE,
@@ -86,7 +92,13 @@ def model_error_from_rpc(error: grpc.RpcError, what: str) -> ModelError:
     unreached = status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN)
     if unreached and not sent_by_server(error):
         details = f"cannot reach {what}: {details}"
-    return ModelError(details, code=error_code(status))
+    return ModelError(
+        details,
+        code=error_code(status),
+        reason=reason,
+        metadata=metadata,
+        retry_after=retry_after,
+    )
 
 
 def cut(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:

@@ -53,6 +53,8 @@ KEEPALIVE_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.http2.max_pings_without_data", 0),
 ]
 HEALTH_POLL_SECONDS = 0.5
+# After the grace period and the wind-up, how long calls get to send their end.
+WIND_UP_SECONDS = 2.0
 
 
 class Service:
@@ -68,6 +70,7 @@ class Service:
         edge: Edge | None = None,
         options: Sequence[tuple[str, Any]] = (),
         healthy: Callable[[], bool] = lambda: True,
+        wind_up: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.names = list(names)
         self.register = register
@@ -78,6 +81,9 @@ class Service:
         # Server options of this service, over SERVER_OPTIONS.
         self.options = list(options)
         self.healthy = healthy
+        # Run when the grace period ends, before calls are cut: the
+        # thread-service ends its turns there, so their streams say how.
+        self.wind_up = wind_up
 
 
 class RunningServer:
@@ -111,7 +117,17 @@ class RunningServer:
             self._watch.cancel()
         await self.health.enter_graceful_shutdown()
         self.service.drain()
-        await self.server.stop(grace)
+        if self.service.wind_up is None:
+            await self.server.stop(grace)
+        else:
+            # New calls are refused at once; in-flight ones get `grace`, then
+            # the service winds up what runs (its calls end by themselves),
+            # and a last moment passes before anything left is cut.
+            stopping = asyncio.ensure_future(self.server.stop(grace + WIND_UP_SECONDS))
+            done, _ = await asyncio.wait({stopping}, timeout=grace)
+            if not done:
+                await self.service.wind_up()
+            await stopping
         await self.service.close()
 
 

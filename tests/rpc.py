@@ -4,9 +4,10 @@ assertions that many tests share (a call's status, a failed turn's record)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -20,7 +21,7 @@ def user(text: str) -> c.Item:
     return c.Item(message=c.Message(role=c.ROLE_USER, text=text))
 
 
-def start(stub: pb_grpc.ThreadServiceStub, cwd: Path, **kwargs: str) -> pb.Thread:
+def start(stub: pb_grpc.ThreadServiceStub, cwd: Path, **kwargs: Any) -> pb.Thread:
     response: pb.StartThreadResponse = stub.StartThread(
         pb.StartThreadRequest(cwd=str(cwd), **kwargs)
     )
@@ -41,10 +42,19 @@ def turn(
     thread_id: str,
     *input_items: c.Item,
     tools: list[c.Tool] | None = None,
-) -> list[pb.RunTurnResponse]:
-    return list(
+) -> list[pb.TurnEvent]:
+    """Run a turn; its events in order (however they were batched)."""
+    return events_of(
         stub.RunTurn(pb.RunTurnRequest(thread_id=thread_id, input=input_items, tools=tools))
     )
+
+
+def events_of(responses: Iterable[pb.RunTurnResponse | pb.WatchTurnResponse]) -> list[pb.TurnEvent]:
+    """The events of a turn's stream, in order, checking their sequence numbers."""
+    found = [event for response in responses for event in response.events]
+    numbers = [event.sequence for event in found]
+    assert numbers == list(range(numbers[0], numbers[0] + len(found))) if found else True
+    return found
 
 
 @contextmanager
@@ -72,7 +82,7 @@ def assert_kept_only_input(
     text: str,
     *,
     status: pb.TurnStatus | None = None,
-    error_code: c.ErrorCode | None = None,
+    error_code: grpc.StatusCode | None = None,
 ) -> None:
     """After a turn that did not complete, the history holds only its input
     `text`; with `status` or `error_code`, the one turn recorded has them."""
@@ -81,6 +91,6 @@ def assert_kept_only_input(
         if status is not None:
             assert recorded.status == status
         if error_code is not None:
-            assert recorded.error.code == error_code
+            assert recorded.error.code == error_code.value[0]
     items = stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=thread_id)).items
     assert [i.message.text for i in items] == [text]

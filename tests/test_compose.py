@@ -32,6 +32,7 @@ from spindle.v1 import common_pb2 as c
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
 from tests.harness import ROOT, wait_until
+from tests.rpc import events_of
 
 # The lead flips this once the thread-service serves SPINDLE_STORE=postgresql://...
 POSTGRES_STORE_MERGED = True
@@ -192,7 +193,7 @@ def _text(text: str) -> list[c.Item]:
 
 def _run_turn(stub: pb_grpc.ThreadServiceStub, thread_id: str, text: str) -> pb.TurnCompleted:
     request = pb.RunTurnRequest(thread_id=thread_id, input=_text(text))
-    events: list[pb.RunTurnResponse] = list(stub.RunTurn(request, timeout=60))
+    events = events_of(stub.RunTurn(request, timeout=60))
     return events[-1].turn_completed
 
 
@@ -204,7 +205,7 @@ def _requests_seen(log: str) -> list[tuple[str, ...]]:
 def _drain(stream: Iterator[pb.RunTurnResponse]) -> str:
     """How a RunTurn stream ended: the final turn status or the RPC's code."""
     try:
-        events = list(stream)
+        events = events_of(stream)
     except grpc.RpcError as exc:
         return str(exc.code())
     return pb.TurnStatus.Name(events[-1].turn_completed.status)

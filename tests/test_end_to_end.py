@@ -13,7 +13,7 @@ import grpc
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
 from tests.harness import ServiceProcess, service_pair, wait_until
-from tests.rpc import fork, user
+from tests.rpc import events_of, fork, user
 
 _REQUEST = re.compile(
     r"generate thread_id=(\S+) window_id=(\S+) prompt_cache_key=(\S+) sub_agent_kind=(\S+)"
@@ -27,7 +27,7 @@ def requests_seen(model: ServiceProcess) -> list[tuple[str, str, str, str]]:
 
 def run_turn(stub: pb_grpc.ThreadServiceStub, thread_id: str, text: str) -> pb.TurnCompleted:
     request = pb.RunTurnRequest(thread_id=thread_id, input=[user(text)])
-    events: list[pb.RunTurnResponse] = list(stub.RunTurn(request, timeout=30))
+    events = events_of(stub.RunTurn(request, timeout=30))
     return events[-1].turn_completed
 
 

@@ -14,11 +14,11 @@ import pytest
 from spindle import items
 from spindle.errors import FailedPrecondition, InvalidArgument, NotFound
 from spindle.model import Completed, ItemDone, ModelEvent, ModelRequest, Usage
+from thread_service.events import TurnCompleted
 from thread_service.records import Entry, Origin, ThreadRecord, TurnRecord, TurnStatus
 from thread_service.stores.sqlite import SQLiteStore
 from thread_service.threads import ForkMode, ForkOptions, Threads
 from thread_service.trust import ProjectTrust
-from thread_service.turn import TurnCompleted
 from thread_service.turns import Turns
 
 pytestmark = pytest.mark.anyio
@@ -56,13 +56,13 @@ class Env:
         return (await self.threads.start(self.cwd, instructions="be kind")).thread
 
     async def turn(self, thread: ThreadRecord, text: str) -> TurnCompleted:
-        events = [e async for e in self.turns.run(thread.id, [items.Message(USER, text)])]
-        last = events[-1]
+        batches = [b async for b in self.turns.run(thread.id, [items.Message(USER, text)])]
+        last = batches[-1][-1].payload
         assert isinstance(last, TurnCompleted)
         return last
 
     async def history(self, thread: ThreadRecord) -> list[items.Item]:
-        return await self.store.read_history(thread.id)
+        return [stored.item for stored in await self.store.read_history(thread.id)]
 
 
 @asynccontextmanager

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from spindle import convert, items
-from spindle.errors import ErrorCode
-from spindle.v1 import common_pb2
+from spindle.errors import ErrorCode, SpindleError
+from spindle.grpc_errors import rich_status, status_code
 
 EVERY_KIND: list[items.Item] = [
     items.Message(items.Role.USER, ""),
@@ -37,7 +37,8 @@ def test_items_stored_without_empty_fields_still_read() -> None:
     )
 
 
-def test_every_error_code_has_a_proto_counterpart() -> None:
+def test_every_error_code_is_a_grpc_status_code() -> None:
     for code in ErrorCode:
-        error = convert.error_to_pb(code, "m")
-        assert common_pb2.ErrorCode.Name(error.code) == f"ERROR_CODE_{code.value}"
+        assert status_code(code).name == code.value
+        status = rich_status(SpindleError("m", code=code))
+        assert status.code == status_code(code).value[0]

@@ -218,7 +218,7 @@ def test_an_upstream_outage_fails_the_turn_and_keeps_the_input(
         root.id,
         "are you there?",
         status=tpb.TURN_STATUS_FAILED,
-        error_code=c.ERROR_CODE_UNAVAILABLE,
+        error_code=grpc.StatusCode.UNAVAILABLE,
     )
 
 
@@ -308,7 +308,7 @@ def test_an_unknown_model_is_not_found_naming_the_configured_models(
             root.id,
             "hello?",
             status=tpb.TURN_STATUS_FAILED,
-            error_code=c.ERROR_CODE_NOT_FOUND,
+            error_code=grpc.StatusCode.NOT_FOUND,
         )
     assert upstream.requests == []
 

@@ -23,7 +23,7 @@ from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
 from tests.harness import ServiceProcess, service_pair, wait_until
 from tests.proxy import TcpProxy
-from tests.rpc import raises_status
+from tests.rpc import events_of, raises_status
 
 LEASE = 1.0  # seconds: short, so that a killed replica's turns end quickly here
 
@@ -74,7 +74,7 @@ def user(text: str) -> c.Item:
 
 def run_turn(stub: pb_grpc.ThreadServiceStub, thread_id: str, text: str) -> pb.TurnCompleted:
     request = pb.RunTurnRequest(thread_id=thread_id, input=[user(text)])
-    events: list[pb.RunTurnResponse] = list(stub.RunTurn(request, timeout=60))
+    events = events_of(stub.RunTurn(request, timeout=60))
     return events[-1].turn_completed
 
 
@@ -85,7 +85,7 @@ def start_slow_turn(
     request = pb.RunTurnRequest(thread_id=thread_id, input=[user(f"/slow {seconds} a b c d e")])
     stream: Iterator[pb.RunTurnResponse] = stub.RunTurn(request, timeout=60)
     first = next(stream)
-    return stream, first.turn_started.turn_id
+    return stream, first.events[0].turn_started.turn_id
 
 
 def texts(stub: pb_grpc.ThreadServiceStub, thread_id: str) -> list[str]:
@@ -114,7 +114,7 @@ def test_a_turn_runs_on_one_replica_at_a_time(cluster: Cluster, tmp_path: Path) 
     for other in (b, c_, a):
         with raises_status(grpc.StatusCode.FAILED_PRECONDITION, "already running"):
             run_turn(other, root.id, "me too")
-    assert list(stream)[-1].turn_completed.status == pb.TURN_STATUS_COMPLETED
+    assert events_of(stream)[-1].turn_completed.status == pb.TURN_STATUS_COMPLETED
 
     # Started at once on two replicas: exactly one runs.
     outcomes: list[str] = []
@@ -142,8 +142,9 @@ def test_interrupt_turn_works_from_any_replica(cluster: Cluster, tmp_path: Path)
     root = a.StartThread(pb.StartThreadRequest(cwd=str(tmp_path))).thread
     stream, turn_id = start_slow_turn(a, root.id, 30)
     asked = time.monotonic()
-    assert b.InterruptTurn(pb.InterruptTurnRequest(thread_id=root.id)).turn_id == turn_id
-    last = list(stream)[-1]
+    interrupt = pb.InterruptTurnRequest(thread_id=root.id, turn_id=turn_id)
+    assert b.InterruptTurn(interrupt).turn_id == turn_id
+    last = events_of(stream)[-1]
     elapsed = time.monotonic() - asked
     assert last.turn_completed.status == pb.TURN_STATUS_INTERRUPTED
     assert elapsed < 5, elapsed

@@ -23,7 +23,7 @@ from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
 from tests.certs import Authority
 from tests.harness import LoopThread, ServiceProcess, Stack, start_stack, wait_until
-from tests.rpc import fork, raises_status, user
+from tests.rpc import events_of, fork, raises_status, user
 from thread_service.access import model_cache_key
 
 ALICE, BOB, CAROL = new_token(), new_token(), new_token()
@@ -112,6 +112,9 @@ def test_tenants_see_only_their_own_threads(secured: Stack, tmp_path: Path) -> N
     child = stub.SpawnThread(fork(root.id), metadata=bearer(CAROL)).thread
     assert child.prompt_cache_key == root.id
 
+    alices_turn = (
+        stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id), metadata=bearer(ALICE)).turns[0].id
+    )
     # Bob, of another tenant, is told the thread does not exist, whatever he asks.
     calls: list[Callable[[], object]] = [
         lambda: stub.GetThread(pb.GetThreadRequest(thread_id=root.id), metadata=bearer(BOB)),
@@ -126,7 +129,7 @@ def test_tenants_see_only_their_own_threads(secured: Stack, tmp_path: Path) -> N
             pb.ArchiveThreadRequest(thread_id=root.id), metadata=bearer(BOB)
         ),
         lambda: stub.InterruptTurn(
-            pb.InterruptTurnRequest(thread_id=root.id), metadata=bearer(BOB)
+            pb.InterruptTurnRequest(thread_id=root.id, turn_id=alices_turn), metadata=bearer(BOB)
         ),
         lambda: list(
             stub.RunTurn(
@@ -413,7 +416,7 @@ def test_the_model_service_serves_only_the_thread_service(
         # start_stack names the model-service 127.0.0.1, which the certificate covers.
         stub = running.threads
         root = stub.StartThread(pb.StartThreadRequest(cwd=str(tmp_path))).thread
-        events = list(stub.RunTurn(pb.RunTurnRequest(thread_id=root.id, input=[user("hi")])))
+        events = events_of(stub.RunTurn(pb.RunTurnRequest(thread_id=root.id, input=[user("hi")])))
         assert events[-1].turn_completed.status == pb.TURN_STATUS_COMPLETED
         request = mpb.GenerateRequest(
             model="spindle-echo",

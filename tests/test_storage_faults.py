@@ -17,7 +17,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from spindle.v1 import common_pb2 as c
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
 from tests.harness import ServiceProcess, service_pair, thread_process, wait_until
@@ -93,7 +92,7 @@ def test_a_full_disk_fails_writes_clearly_and_nothing_stays_wedged(
             stream = stub.RunTurn(
                 pb.RunTurnRequest(thread_id=root.id, input=[user("/slow 1.5 a b c d")])
             )
-            assert next(stream).HasField("turn_started")
+            assert next(stream).events[0].HasField("turn_started")
             filler = fill(small_disk)
             with raises_status(grpc.StatusCode.UNAVAILABLE, "could not save its end"):
                 list(stream)
@@ -183,7 +182,7 @@ def test_a_frozen_model_service_fails_the_turn_instead_of_holding_it(tmp_path: P
         assert time.monotonic() - started < 10
         (recorded,) = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
         assert recorded.status == pb.TURN_STATUS_FAILED
-        assert recorded.error.code == c.ERROR_CODE_DEADLINE_EXCEEDED
+        assert recorded.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
         assert turn(stub, root.id, user("back"))[-1].turn_completed.status == (
             pb.TURN_STATUS_COMPLETED
         )

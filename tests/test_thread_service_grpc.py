@@ -16,9 +16,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from spindle.v1 import common_pb2 as c
 from spindle.v1 import thread_service_pb2 as pb
+from spindle.v1 import thread_service_pb2_grpc as pb_grpc
 from tests.harness import LoopThread, Stack, start_stack, wait_until
 from tests.rpc import (
     assert_kept_only_input,
+    events_of,
     fork,
     only_turn,
     raises_status,
@@ -232,7 +234,7 @@ def test_run_turn_streams_deltas_items_and_usage(stack: Stack, tmp_path: Path) -
     stub = stack.threads
     root = start(stub, tmp_path)
     events = turn(stub, root.id, user("hello there"))
-    kinds = [e.WhichOneof("event") for e in events]
+    kinds = [e.WhichOneof("kind") for e in events]
     assert kinds[0] == "turn_started" and kinds[-1] == "turn_completed"
     assert set(kinds[1:-2]) == {"text_delta"}
     assert kinds[-2] == "item_done"
@@ -286,24 +288,29 @@ def test_a_failed_model_call_fails_the_turn_and_keeps_the_input(
         root.id,
         "/fail RESOURCE_EXHAUSTED slow down",
         status=pb.TURN_STATUS_FAILED,
-        error_code=c.ERROR_CODE_RESOURCE_EXHAUSTED,
+        error_code=grpc.StatusCode.RESOURCE_EXHAUSTED,
     )
 
 
 def test_interrupt_turn_records_an_interrupted_turn(stack: Stack, tmp_path: Path) -> None:
     stub = stack.threads
     root = start(stub, tmp_path)
-    assert stub.InterruptTurn(pb.InterruptTurnRequest(thread_id=root.id)).turn_id == ""
-    events: list[pb.RunTurnResponse] = []
+    with raises_status(grpc.StatusCode.INVALID_ARGUMENT, "turn_id is required"):
+        stub.InterruptTurn(pb.InterruptTurnRequest(thread_id=root.id))
+    responses: list[pb.RunTurnResponse] = []
     stream = stub.RunTurn(pb.RunTurnRequest(thread_id=root.id, input=[user("/slow 30 a b c d")]))
-    reader = threading.Thread(target=lambda: events.extend(stream))
+    reader = threading.Thread(target=lambda: responses.extend(stream))
     reader.start()
-    wait_until(lambda: len(events) >= 1)
+    wait_until(lambda: len(responses) >= 1)
+    turn_id = responses[0].events[0].turn_started.turn_id
     with raises_status(grpc.StatusCode.FAILED_PRECONDITION, "already running"):
         turn(stub, root.id, user("second"))
-    interrupted = stub.InterruptTurn(pb.InterruptTurnRequest(thread_id=root.id)).turn_id
+    interrupted = stub.InterruptTurn(
+        pb.InterruptTurnRequest(thread_id=root.id, turn_id=turn_id)
+    ).turn_id
     reader.join(10)
-    assert interrupted == events[0].turn_started.turn_id
+    events = events_of(responses)
+    assert interrupted == turn_id == events[0].turn_started.turn_id
     assert events[-1].turn_completed.status == pb.TURN_STATUS_INTERRUPTED
     record = only_turn(stub, root.id)
     assert record.status == pb.TURN_STATUS_INTERRUPTED
@@ -394,12 +401,17 @@ def test_a_turn_in_flight_at_shutdown_is_recorded_interrupted(
     stub = stack.threads
     root = start(stub, tmp_path)
     stream = stub.RunTurn(pb.RunTurnRequest(thread_id=root.id, input=[user("/slow 60 zzz")]))
-    next(stream)
+    responses = [next(stream)]
+    reader = threading.Thread(target=lambda: responses.extend(stream))
+    reader.start()
     started = time.monotonic()
     stack.stop(grace=0.2)
     assert time.monotonic() - started < 10
-    with pytest.raises(grpc.RpcError):
-        list(stream)
+    reader.join(10)
+    # The stream says how the turn ended before the call closes.
+    final = events_of(responses)[-1].turn_completed
+    assert final.status == pb.TURN_STATUS_INTERRUPTED
+    assert "shutting down" in final.error.message
     restarted = start_stack(loop_thread, tmp_path)
     try:
         record = only_turn(restarted.threads, root.id)
@@ -423,6 +435,7 @@ def test_a_turn_past_its_deadline_is_interrupted_and_recorded(stack: Stack, tmp_
     wait_until(recorded)
     record = only_turn(stub, root.id)
     assert record.error.message == "the call's deadline passed"
+    assert record.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 
 
 def test_an_empty_function_output_is_kept_and_the_thread_goes_on(
@@ -486,7 +499,7 @@ def test_every_failure_code_can_be_listed_back(stack: Stack, tmp_path: Path) -> 
     with raises_status(grpc.StatusCode.ALREADY_EXISTS):
         turn(stub, root.id, user("/fail ALREADY_EXISTS duplicate"))
     failed = only_turn(stub, root.id)
-    assert failed.error.code == c.ERROR_CODE_ALREADY_EXISTS
+    assert failed.error.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
 
 
 def test_a_double_interrupt_still_ends_the_stream(stack: Stack, tmp_path: Path) -> None:
@@ -496,15 +509,23 @@ def test_a_double_interrupt_still_ends_the_stream(stack: Stack, tmp_path: Path) 
         stream = stub.RunTurn(
             pb.RunTurnRequest(thread_id=root.id, input=[user("/slow 30 a b c d")]), timeout=10
         )
-        next(stream)
+        turn_id = next(stream).events[0].turn_started.turn_id
+        request = pb.InterruptTurnRequest(thread_id=root.id, turn_id=turn_id)
         with ThreadPoolExecutor(2) as pool:
-            interrupts = [
-                pool.submit(stub.InterruptTurn, pb.InterruptTurnRequest(thread_id=root.id))
-                for _ in range(2)
-            ]
-        assert {i.result().turn_id for i in interrupts} - {""}
-        rest = list(stream)
+            interrupts = [pool.submit(_interrupt_or_ended, stub, request) for _ in range(2)]
+        assert turn_id in {i.result() for i in interrupts}
+        rest = events_of(stream)
         assert rest[-1].turn_completed.status == pb.TURN_STATUS_INTERRUPTED
+
+
+def _interrupt_or_ended(stub: pb_grpc.ThreadServiceStub, request: pb.InterruptTurnRequest) -> str:
+    """The interrupted turn's id, or "" when it had ended already."""
+    try:
+        response: pb.InterruptTurnResponse = stub.InterruptTurn(request)
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc.details()
+        return ""
+    return response.turn_id
 
 
 def test_warning_metadata_stays_small_for_any_path(stack: Stack, tmp_path: Path) -> None:

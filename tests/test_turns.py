@@ -4,19 +4,20 @@ the caller's stream ends and the thread can take its next turn."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from spindle import items
-from spindle.errors import SpindleError
+from spindle.errors import FailedPrecondition, SpindleError
 from spindle.model import Completed, ModelEvent, ModelRequest, TextDelta
+from thread_service.events import TurnCompleted, TurnEvent, TurnStarted
 from thread_service.records import Entry, TurnRecord, TurnStatus
 from thread_service.stores.sqlite import SQLiteStore
 from thread_service.threads import Threads
 from thread_service.trust import ProjectTrust
-from thread_service.turn import TurnCompleted
 from thread_service.turns import Turns
 
 pytestmark = pytest.mark.anyio
@@ -41,6 +42,13 @@ async def setup(tmp_path: Path) -> tuple[SQLiteStore, Threads, Turns, str]:
     return store, threads, Turns(store, threads, SlowModel()), thread.id
 
 
+async def started(stream: AsyncIterator[list[TurnEvent]]) -> str:
+    """The turn's id, from the first batch of its events."""
+    first = (await anext(stream))[0].payload
+    assert isinstance(first, TurnStarted)
+    return first.turn_id
+
+
 async def test_a_store_failure_ends_the_stream_and_frees_the_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -56,9 +64,8 @@ async def test_a_store_failure_ends_the_stream_and_frees_the_thread(
     # A failing disk cannot be had on demand here: the one fake.
     monkeypatch.setattr(store, "finish_turn", flaky_finish)
     stream = turns.run(thread_id, HELLO)
-    await anext(stream)  # turn started
-    await anext(stream)  # first delta
-    await turns.interrupt(thread_id)
+    turn_id = await started(stream)
+    await turns.interrupt(thread_id, turn_id)
     with pytest.raises(SpindleError, match="internal error"):
         async with asyncio.timeout(5):
             async for _ in stream:
@@ -73,19 +80,21 @@ async def test_a_store_failure_ends_the_stream_and_frees_the_thread(
 async def test_repeated_interrupts_still_record_one_interrupted_turn(tmp_path: Path) -> None:
     store, _, turns, thread_id = await setup(tmp_path)
     stream = turns.run(thread_id, HELLO)
-    await anext(stream)
+    turn_id = await started(stream)
     for _ in range(3):
-        await turns.interrupt(thread_id)
+        with contextlib.suppress(FailedPrecondition):  # once it ended: "not running"
+            await turns.interrupt(thread_id, turn_id)
         await asyncio.sleep(0)
     async with asyncio.timeout(5):
-        rest = [event async for event in stream]
-    assert isinstance(rest[-1], TurnCompleted)
-    assert rest[-1].status is TurnStatus.INTERRUPTED
+        rest = [event for batch in [b async for b in stream] for event in batch]
+    last = rest[-1].payload
+    assert isinstance(last, TurnCompleted)
+    assert last.status is TurnStatus.INTERRUPTED
     (turn,) = await store.list_turns(thread_id, 0, 10)
     assert turn.status is TurnStatus.INTERRUPTED
     # Nothing of the model's output is kept, only the input.
     history = await store.read_history(thread_id)
-    assert history == HELLO
+    assert [stored.item for stored in history] == HELLO
     await store.close()
 
 
@@ -95,10 +104,11 @@ async def test_interrupt_ends_a_running_turn_that_no_task_runs(tmp_path: Path) -
     store, _, turns, thread_id = await setup(tmp_path)
     orphan = TurnRecord("turn-without-a-task", thread_id, TurnStatus.RUNNING, 1.0, turns.owner)
     await store.begin_turn(orphan, [Entry.of(HELLO[0])])
-    assert await turns.interrupt(thread_id) == orphan.id
+    assert await turns.interrupt(thread_id, orphan.id) == orphan.id
     ended = await store.get_turn(orphan.id)
     assert ended is not None and ended.status is TurnStatus.INTERRUPTED
     assert ended.error is not None and "no task was running" in ended.error.message
-    assert await turns.interrupt(thread_id) == ""
+    with pytest.raises(FailedPrecondition, match="ended interrupted"):
+        await turns.interrupt(thread_id, orphan.id)
     assert await store.running_turn(thread_id) is None
     await store.close()

@@ -97,4 +97,5 @@ async def build(settings: ThreadServiceSettings) -> Service:
             ("grpc.max_send_message_length", SEND_LIMIT_BYTES),
         ],
         healthy=lambda: store.healthy,
+        wind_up=turns.interrupt_all,
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from spindle.errors import ErrorCode
+from spindle.errors import ErrorCode, SpindleError
 from spindle.items import Item, inherited_by_fork
 from spindle.model import Usage
 from thread_service.inheritance import InheritedThreadState
@@ -60,6 +60,10 @@ class ThreadRecord:
     trust: TrustState | None = None
     inherited: InheritedThreadState = field(default_factory=InheritedThreadState)
     tenant: str = ""
+    # String labels (see `validation.check_metadata` for their limits).
+    metadata: dict[str, str] = field(default_factory=dict)
+    # How many items the thread itself has appended: its history's version.
+    version: int = 0
 
     @property
     def prompt_cache_key(self) -> str:
@@ -80,8 +84,17 @@ class TurnStatus(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class TurnError:
+    """Why a turn did not complete: the status and details its caller saw."""
+
     code: ErrorCode
     message: str
+    reason: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    retry_after: float | None = None
+
+    @classmethod
+    def of(cls, error: SpindleError) -> TurnError:
+        return cls(error.code, error.message, error.reason, error.metadata, error.retry_after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,3 +123,25 @@ class Entry:
     @classmethod
     def of(cls, item: Item) -> Entry:
         return cls(item, inherited_by_fork(item))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredItem:
+    """An item of a history as stored: its id (stable; an inherited item keeps
+    the id it has in its source thread), the turn that appended it, when."""
+
+    item: Item
+    id: str
+    turn_id: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RequestKey:
+    """A caller's request id, to make a retried call act once: the same id
+    with the same request (equal `fingerprint`) finds the first call's result."""
+
+    tenant: str
+    request_id: str
+    method: str
+    fingerprint: str

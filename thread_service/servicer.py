@@ -2,27 +2,44 @@
 
 Domain errors become statuses in `spindle.grpc_errors`; warnings of a
 thread start go back in the response and as `spindle-warning-bin` metadata.
+A request id's fingerprint is the request's deterministic serialization
+without the id, so a retry must repeat the request exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import grpc
+from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import status_pb2
 
 from spindle import convert
 from spindle.edge import caller
 from spindle.errors import InvalidArgument
-from spindle.grpc_errors import rpc
+from spindle.grpc_errors import rich_status, rpc
 from spindle.model import ItemDone, TextDelta
 from spindle.v1 import common_pb2
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
-from thread_service.records import Origin, ThreadRecord, TrustSource, TurnRecord, TurnStatus
+from thread_service import events
+from thread_service.events import TurnCompleted, TurnEvent, TurnStarted
+from thread_service.records import (
+    Origin,
+    RequestKey,
+    StoredItem,
+    ThreadRecord,
+    TrustSource,
+    TurnError,
+    TurnRecord,
+    TurnStatus,
+)
 from thread_service.threads import ForkMode, ForkOptions, Threads
-from thread_service.turn import TurnCompleted, TurnStarted
-from thread_service.turns import Turns
+from thread_service.turns import Busy, Disconnect, Turns
+from thread_service.validation import parse_thread_id
 
 # Binary metadata (`-bin`): gRPC libraries of every language base64-decode
 # it for the caller, so the value is the warning's UTF-8 text, any path in it.
@@ -61,6 +78,21 @@ _FORK_MODES = {
     pb.FORK_MODE_FULL_HISTORY: ForkMode.FULL_HISTORY,
     pb.FORK_MODE_LAST_N_TURNS: ForkMode.LAST_N_TURNS,
 }
+_DISCONNECT = {
+    pb.DISCONNECT_POLICY_UNSPECIFIED: Disconnect.CANCEL,
+    pb.DISCONNECT_POLICY_CANCEL: Disconnect.CANCEL,
+    pb.DISCONNECT_POLICY_CONTINUE: Disconnect.CONTINUE,
+}
+_BUSY = {
+    pb.BUSY_POLICY_UNSPECIFIED: Busy.REJECT,
+    pb.BUSY_POLICY_REJECT: Busy.REJECT,
+    pb.BUSY_POLICY_INTERRUPT: Busy.INTERRUPT,
+    pb.BUSY_POLICY_ENQUEUE: Busy.ENQUEUE,
+}
+_STATUS_FILTER = {
+    pb.THREAD_STATUS_ACTIVE: False,
+    pb.THREAD_STATUS_ARCHIVED: True,
+}
 
 
 def _timestamp(seconds: float | None) -> Timestamp | None:
@@ -69,6 +101,12 @@ def _timestamp(seconds: float | None) -> Timestamp | None:
     stamp = Timestamp()
     stamp.FromNanoseconds(int(seconds * 1e9))
     return stamp
+
+
+def _enum(value: int, table: dict[Any, Any], field: str) -> Any:
+    if value not in table:
+        raise InvalidArgument(f"{field} {value} is not one of its values", field=field)
+    return table[value]
 
 
 def thread_to_pb(thread: ThreadRecord) -> pb.Thread:
@@ -90,6 +128,7 @@ def thread_to_pb(thread: ThreadRecord) -> pb.Thread:
         parent_spawn_call_id=thread.parent_spawn_call_id,
         create_time=_timestamp(thread.created_at),
         update_time=_timestamp(thread.updated_at),
+        metadata=thread.metadata,
     )
     if thread.trust is not None:
         message.trust.CopyFrom(
@@ -102,6 +141,11 @@ def thread_to_pb(thread: ThreadRecord) -> pb.Thread:
     return message
 
 
+def error_to_pb(error: TurnError) -> status_pb2.Status:
+    """A turn's error as the google.rpc.Status its caller saw."""
+    return rich_status(events.failure_of(error))
+
+
 def turn_to_pb(turn: TurnRecord) -> pb.Turn:
     message = pb.Turn(
         id=turn.id,
@@ -112,8 +156,76 @@ def turn_to_pb(turn: TurnRecord) -> pb.Turn:
         complete_time=_timestamp(turn.completed_at),
     )
     if turn.error is not None:
-        message.error.CopyFrom(convert.error_to_pb(turn.error.code, turn.error.message))
+        message.error.CopyFrom(error_to_pb(turn.error))
     return message
+
+
+def stored_item_to_pb(stored: StoredItem) -> common_pb2.Item:
+    message = convert.item_to_pb(stored.item)
+    message.id = stored.id
+    message.turn_id = stored.turn_id
+    message.create_time.FromNanoseconds(int(stored.created_at * 1e9))
+    return message
+
+
+def event_to_pb(event: TurnEvent) -> pb.TurnEvent:
+    payload = event.payload
+    if isinstance(payload, TurnStarted):
+        return pb.TurnEvent(
+            sequence=event.sequence, turn_started=pb.TurnStarted(turn_id=payload.turn_id)
+        )
+    if isinstance(payload, TextDelta):
+        return pb.TurnEvent(
+            sequence=event.sequence, text_delta=common_pb2.TextDelta(text=payload.text)
+        )
+    if isinstance(payload, ItemDone):
+        return pb.TurnEvent(
+            sequence=event.sequence,
+            item_done=common_pb2.ItemDone(item=convert.item_to_pb(payload.item)),
+        )
+    return pb.TurnEvent(sequence=event.sequence, turn_completed=_completed_to_pb(payload))
+
+
+def _completed_to_pb(completed: TurnCompleted) -> pb.TurnCompleted:
+    message = pb.TurnCompleted(
+        turn_id=completed.turn_id,
+        status=_TURN_STATUSES[completed.status],
+        usage=convert.usage_to_pb(completed.usage),
+        pending_function_calls=[
+            convert.item_to_pb(call).function_call for call in completed.pending_function_calls
+        ],
+    )
+    if completed.error is not None:
+        message.error.CopyFrom(error_to_pb(completed.error))
+    return message
+
+
+def request_key(request: ProtoMessage, method: str, request_id: str) -> RequestKey | None:
+    """The request id of a call, with the fingerprint a retry must match."""
+    if not request_id:
+        return None
+    parse_thread_id(request_id, "request_id", "a request id")
+    copy = type(request)()
+    copy.CopyFrom(request)
+    copy.ClearField("request_id")
+    fingerprint = hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+    return RequestKey(caller().tenant, request_id.lower(), method, fingerprint)
+
+
+def _fork_options(options: pb.ForkOptions) -> ForkOptions:
+    return ForkOptions(
+        options.parent_spawn_call_id,
+        _enum(options.mode, _FORK_MODES, "fork.mode"),
+        options.last_n_turns,
+        options.at_turn_id,
+    )
+
+
+async def _stream(
+    batches: AsyncIterator[Sequence[TurnEvent]], response: type[Any]
+) -> AsyncIterator[Any]:
+    async for batch in batches:
+        yield response(events=[event_to_pb(event) for event in batch])
 
 
 class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
@@ -131,7 +243,9 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
             instructions=request.instructions,
             agent_nickname=request.agent_nickname,
             agent_role=request.agent_role,
+            metadata=dict(request.metadata),
             caller=caller(),
+            request=request_key(request, "StartThread", request.request_id),
         )
         if result.warnings:
             await context.send_initial_metadata(
@@ -145,15 +259,10 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
     async def SpawnThread(
         self, request: pb.SpawnThreadRequest, context: grpc.aio.ServicerContext
     ) -> pb.SpawnThreadResponse:
-        fork = None
-        if request.HasField("fork"):
-            if request.fork.mode not in _FORK_MODES:
-                raise InvalidArgument(f"fork.mode {request.fork.mode} is not a fork mode")
-            fork = ForkOptions(
-                request.fork.parent_spawn_call_id,
-                _FORK_MODES[request.fork.mode],
-                request.fork.last_n_turns,
-            )
+        fork = _fork_options(request.fork) if request.HasField("fork") else None
+        spawn = pb.SpawnThreadRequest()
+        spawn.CopyFrom(request)
+        spawn.ClearField("request_id")
         thread = await self.threads.spawn(
             request.parent_id,
             fork=fork,
@@ -162,7 +271,12 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
             sub_agent_kind=request.sub_agent_kind,
             model=request.model,
             instructions=request.instructions,
+            metadata=dict(request.metadata),
             caller=caller(),
+            request=request_key(request, "SpawnThread", request.request_id),
+            spawn_fingerprint=hashlib.sha256(
+                spawn.SerializeToString(deterministic=True)
+            ).hexdigest(),
         )
         return pb.SpawnThreadResponse(thread=thread_to_pb(thread))
 
@@ -184,9 +298,14 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
     async def ListThreads(
         self, request: pb.ListThreadsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListThreadsResponse:
+        archived: bool | None = None if request.include_archived else False
+        if request.status != pb.THREAD_STATUS_UNSPECIFIED:
+            archived = _enum(request.status, _STATUS_FILTER, "status")
         threads, token = await self.threads.list_threads(
             parent_id=request.parent_id,
-            include_archived=request.include_archived,
+            archived=archived,
+            labels=dict(request.metadata),
+            order_by=request.order_by,
             page_size=request.page_size,
             page_token=request.page_token,
             caller=caller(),
@@ -194,6 +313,20 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
         return pb.ListThreadsResponse(
             threads=[thread_to_pb(t) for t in threads], next_page_token=token
         )
+
+    @rpc
+    async def UpdateThread(
+        self, request: pb.UpdateThreadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateThreadResponse:
+        paths = list(request.update_mask.paths)
+        changes = {
+            path: dict(request.thread.metadata)
+            if path == "metadata"
+            else getattr(request.thread, path, None)
+            for path in paths
+        }
+        thread = await self.threads.update(request.thread.id, changes, caller())
+        return pb.UpdateThreadResponse(thread=thread_to_pb(thread))
 
     @rpc
     async def ListThreadItems(
@@ -206,15 +339,37 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
             caller=caller(),
         )
         return pb.ListThreadItemsResponse(
-            items=[convert.item_to_pb(i) for i in found], next_page_token=token
+            items=[stored_item_to_pb(s) for s in found], next_page_token=token
         )
 
     @rpc
     async def ArchiveThread(
         self, request: pb.ArchiveThreadRequest, context: grpc.aio.ServicerContext
     ) -> pb.ArchiveThreadResponse:
-        thread = await self.threads.archive(request.thread_id, caller())
+        await self._settle_running(request.thread_id, request.interrupt_running)
+        thread = await self.threads.set_archived(request.thread_id, True, caller())
         return pb.ArchiveThreadResponse(thread=thread_to_pb(thread))
+
+    @rpc
+    async def UnarchiveThread(
+        self, request: pb.UnarchiveThreadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnarchiveThreadResponse:
+        thread = await self.threads.set_archived(request.thread_id, False, caller())
+        return pb.UnarchiveThreadResponse(thread=thread_to_pb(thread))
+
+    @rpc
+    async def DeleteThread(
+        self, request: pb.DeleteThreadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteThreadResponse:
+        await self._settle_running(request.thread_id, request.interrupt_running)
+        await self.threads.delete(request.thread_id, caller())
+        return pb.DeleteThreadResponse()
+
+    async def _settle_running(self, thread_id: str, interrupt: bool) -> None:
+        """A thread with a running turn is archived or deleted only once that
+        turn is interrupted, and only when the request says so."""
+        thread = await self.threads.get(thread_id, caller())
+        await self.turns.settle(thread, interrupt)
 
     @rpc
     async def RunTurn(
@@ -222,37 +377,35 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
     ) -> AsyncIterator[pb.RunTurnResponse]:
         input_items = [convert.item_from_pb(i) for i in request.input]
         tools = [convert.tool_from_pb(t) for t in request.tools]
-        turn_events = self.turns.run(
-            request.thread_id, input_items, tools, context.time_remaining(), caller()
+        batches = self.turns.run(
+            request.thread_id,
+            input_items,
+            tools,
+            caller=caller(),
+            time_remaining=context.time_remaining(),
+            request=request_key(request, "RunTurn", request.request_id),
+            on_disconnect=_enum(request.on_disconnect, _DISCONNECT, "on_disconnect"),
+            when_busy=_enum(request.when_busy, _BUSY, "when_busy"),
         )
-        async for event in turn_events:
-            if isinstance(event, TurnStarted):
-                yield pb.RunTurnResponse(turn_started=pb.TurnStarted(turn_id=event.turn_id))
-            elif isinstance(event, TextDelta):
-                yield pb.RunTurnResponse(text_delta=common_pb2.TextDelta(text=event.text))
-            elif isinstance(event, ItemDone):
-                yield pb.RunTurnResponse(
-                    item_done=common_pb2.ItemDone(item=convert.item_to_pb(event.item))
-                )
-            elif isinstance(event, TurnCompleted):
-                yield pb.RunTurnResponse(
-                    turn_completed=pb.TurnCompleted(
-                        turn_id=event.turn_id,
-                        status=_TURN_STATUSES[event.status],
-                        usage=convert.usage_to_pb(event.usage),
-                        pending_function_calls=[
-                            convert.item_to_pb(c).function_call
-                            for c in event.pending_function_calls
-                        ],
-                    )
-                )
+        async for response in _stream(batches, pb.RunTurnResponse):
+            yield response
+
+    @rpc
+    async def WatchTurn(
+        self, request: pb.WatchTurnRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchTurnResponse]:
+        turn_id = parse_thread_id(request.turn_id, "turn_id", "a turn id")
+        batches = self.turns.watch(request.thread_id, turn_id, request.after_sequence, caller())
+        async for response in _stream(batches, pb.WatchTurnResponse):
+            yield response
 
     @rpc
     async def InterruptTurn(
         self, request: pb.InterruptTurnRequest, context: grpc.aio.ServicerContext
     ) -> pb.InterruptTurnResponse:
-        turn_id = await self.turns.interrupt(request.thread_id, caller())
-        return pb.InterruptTurnResponse(turn_id=turn_id)
+        turn_id = parse_thread_id(request.turn_id, "turn_id", "a turn id")
+        interrupted = await self.turns.interrupt(request.thread_id, turn_id, caller())
+        return pb.InterruptTurnResponse(turn_id=interrupted)
 
     @rpc
     async def ListTurns(

@@ -4,38 +4,62 @@ Every method is one transaction, so a crash leaves either all of a step or
 none. Two backends implement it (`thread_service.stores`): SQLite, the
 embedded default owned by one process, and PostgreSQL, shared by replicas.
 What must be exclusive across replicas (one running turn per thread,
-interrupts, who runs a turn) lives here, in the database, not in a process.
+interrupts, who runs a turn, a request id's one result) lives here, in the
+database, not in a process.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
-from spindle.items import Item
+from spindle.errors import Aborted
 from spindle.model import Usage
-from thread_service.records import Entry, ThreadRecord, TurnError, TurnRecord, TurnStatus
+from thread_service.records import (
+    Entry,
+    RequestKey,
+    StoredItem,
+    ThreadRecord,
+    TurnError,
+    TurnRecord,
+    TurnStatus,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class ForkSource:
-    """What a fork inherits of its parent's history: all of it, or only its
-    last `last_n_turns` turns. The store records which items, never copies
+    """What a fork inherits of its parent's history: all of it up to its last
+    ended turn (or up to and including `at_turn_id`), or only the last
+    `last_n_turns` turns of that. The store records which items, never copies
     them, so a fork costs the same for 10 items as for 10,000; what a fork
     may inherit of them was decided when they were appended (`Entry`)."""
 
     parent_id: str
     last_n_turns: int | None = None
+    at_turn_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ThreadFilter:
-    """Which threads a listing shows: always those of one tenant."""
+    """Which threads a listing shows (always those of one tenant), in which order."""
 
     tenant: str = ""
     parent_id: str | None = None
-    include_archived: bool = False
+    archived: bool | None = False  # None: both
+    labels: dict[str, str] = field(default_factory=dict)
+    order_by: Literal["create_time", "update_time"] = "create_time"
+    descending: bool = False
+
+
+class HistoryChanged(Aborted):
+    """A turn meant to follow the history it read, but the history grew since."""
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(
+            f"the history of thread {thread_id} changed while the turn started",
+            reason="HISTORY_CHANGED",
+        )
 
 
 class Store(Protocol):
@@ -49,35 +73,64 @@ class Store(Protocol):
     def healthy(self) -> bool:
         """False while the store cannot take writes (full disk, database gone)."""
 
-    async def create_thread(self, thread: ThreadRecord) -> None:
-        """A root thread or a fresh sub-agent: its history starts empty."""
+    async def create_thread(
+        self, thread: ThreadRecord, request: RequestKey | None = None
+    ) -> ThreadRecord:
+        """A root thread or a fresh sub-agent: its history starts empty. For a
+        request id already used by the same request, the thread it made."""
 
-    async def create_fork(self, child: ThreadRecord, source: ForkSource) -> None:
+    async def create_fork(
+        self,
+        child: ThreadRecord,
+        source: ForkSource,
+        request: RequestKey | None = None,
+        spawn_fingerprint: str = "",
+    ) -> ThreadRecord:
         """A fork: `child` starts with the part of its parent's history that
-        `source` names, sanitized. NotFound when the parent is gone."""
+        `source` names, sanitized. One child per spawn call of a parent: a
+        repeat with the same `spawn_fingerprint` gets the first child,
+        another is ALREADY_EXISTS. NotFound when the parent is gone."""
 
     async def get_thread(self, thread_id: str) -> ThreadRecord | None: ...
 
     async def update_thread(self, thread: ThreadRecord) -> None:
         """Save what may change: session origin, inherited state, window
-        generation, archived, update time."""
+        generation, archived, nickname, role, instructions, metadata, update time."""
+
+    async def delete_thread(self, thread_id: str) -> None:
+        """Delete a thread and what only it holds (items its forks read stay)."""
 
     async def list_threads(
         self, which: ThreadFilter, after: tuple[float, str] | None, limit: int
     ) -> list[ThreadRecord]:
-        """Threads ordered by (created_at, id), strictly after `after`."""
+        """Threads ordered by (order time, id), strictly after `after`."""
 
     async def read_history(
-        self, thread_id: str, offset: int = 0, limit: int | None = None
-    ) -> list[Item]:
+        self,
+        thread_id: str,
+        offset: int = 0,
+        limit: int | None = None,
+        *,
+        version: int | None = None,
+    ) -> list[StoredItem]:
         """The effective history (the inherited part, sanitized, then the
-        thread's own items), from item number `offset` on, at most `limit`."""
+        thread's own items, only its first `version` with `version`), from
+        item number `offset` on, at most `limit`."""
 
     async def history_length(self, thread_id: str) -> int: ...
 
-    async def begin_turn(self, turn: TurnRecord, input_items: Sequence[Entry]) -> None:
-        """Record a running turn, owned by `turn.owner`, and append its input.
-        FailedPrecondition when the thread already has a running turn."""
+    async def begin_turn(
+        self,
+        turn: TurnRecord,
+        input_items: Sequence[Entry],
+        *,
+        request: RequestKey | None = None,
+        version: int | None = None,
+    ) -> tuple[TurnRecord, bool]:
+        """Record a running turn, owned by `turn.owner`, and append its input;
+        (turn, True). FailedPrecondition when the thread already has a running
+        turn; HistoryChanged when `version` is not the thread's any more. For a
+        request id already used by the same request: (that turn, False)."""
 
     async def finish_turn(
         self,
@@ -86,10 +139,17 @@ class Store(Protocol):
         usage: Usage,
         error: TurnError | None,
         output_items: Sequence[Entry],
+        events: Sequence[tuple[int, str]] = (),
     ) -> TurnRecord:
-        """Append a running turn's output and record how it ended. A turn that
-        is no longer running (another replica found its owner dead and ended
-        it) stays as it was, and nothing is appended."""
+        """Append a running turn's output and its remaining events, and record
+        how it ended. A turn that is no longer running (another replica found
+        its owner dead and ended it) stays as it was, and nothing is appended."""
+
+    async def append_events(self, turn_id: str, events: Sequence[tuple[int, str]]) -> None:
+        """Keep (sequence, encoded event) of a running turn, for followers elsewhere."""
+
+    async def read_events(self, turn_id: str, after: int = 0) -> list[tuple[int, str]]:
+        """A turn's kept events after sequence `after`, in order."""
 
     async def get_turn(self, turn_id: str) -> TurnRecord | None: ...
 
@@ -98,9 +158,13 @@ class Store(Protocol):
     async def list_turns(self, thread_id: str, offset: int, limit: int) -> list[TurnRecord]:
         """A thread's turns, oldest first."""
 
-    async def request_interrupt(self, thread_id: str, reason: str) -> TurnRecord | None:
-        """Ask the owner of the thread's running turn to interrupt it; that
-        turn, or None when none runs. The first reason asked stays."""
+    async def request_interrupt(self, turn_id: str, reason: str) -> bool:
+        """Ask the owner of a running turn to interrupt it; False when it is not
+        running. The first reason asked stays."""
+
+    async def find_request(self, request: RequestKey) -> tuple[str, str] | None:
+        """(thread id, turn id) an earlier use of a request id made, or None;
+        INVALID_ARGUMENT when that was another request."""
 
     async def interrupts_requested(self, owner: str) -> list[tuple[str, str]]:
         """(turn id, reason) of `owner`'s running turns that were asked to stop."""
@@ -112,5 +176,8 @@ class Store(Protocol):
         """Mark running turns interrupted whose owner's last heartbeat is older
         than `lease` seconds (except `alive`, this process); with an exclusive
         store, every running turn not owned by `alive`. How many."""
+
+    async def forget_requests(self, older_than: float) -> int:
+        """Drop request ids recorded more than `older_than` seconds ago."""
 
     async def close(self) -> None: ...

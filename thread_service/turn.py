@@ -1,10 +1,12 @@
-"""One turn, from its input to its recorded end.
+"""One turn, from its recorded start to its recorded end.
 
 A turn runs in a task of its own, apart from the RPC that asked for it, so
 that however it ends (completed, failed, interrupted by InterruptTurn, by the
-caller going away, or by shutdown) the task itself records that end and
-appends the completed output before it finishes. The caller reads the turn's
-events from `Turn.events()`.
+caller going away, its deadline, or by shutdown) the task itself records
+that end and appends the completed output before it finishes. Its events go
+to a `TurnLog` that any number of callers follow (RunTurn, WatchTurn); they
+are kept with the turn when it ends, and every `FLUSH_SECONDS` while it runs
+so that followers on other replicas see them too.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from spindle import items
 from spindle.errors import ErrorCode, ResourceExhausted, SpindleError, Unavailable
-from spindle.model import Completed, ItemDone, ModelRequest, ModelStreamer, TextDelta, Usage
+from spindle.model import Completed, ItemDone, ModelRequest, ModelStreamer, Usage
+from thread_service import events
+from thread_service.events import TurnCompleted, TurnLog, TurnStarted
 from thread_service.records import Entry, TurnError, TurnRecord, TurnStatus
 from thread_service.store import Store
 
@@ -32,22 +36,8 @@ END_NOT_SAVED = (
     "and the thread takes new turns once it is saved"
 )
 SAVE_RETRY_MAX_SECONDS = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class TurnStarted:
-    turn_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class TurnCompleted:
-    turn_id: str
-    status: TurnStatus
-    usage: Usage = field(default_factory=Usage)
-    pending_function_calls: tuple[items.FunctionCall, ...] = ()
-
-
-TurnEvent = TurnStarted | TextDelta | ItemDone | TurnCompleted
+# How often a running turn's new events are kept for followers elsewhere.
+FLUSH_SECONDS = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,15 +55,16 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
-class _End:
-    """The last entry of a turn's event queue."""
+class Interruption:
+    """Why a turn was cut short: the first reason given wins."""
 
-    failure: SpindleError | None = None
+    reason: str
+    code: ErrorCode = ErrorCode.CANCELLED
 
 
 class Turn:
     """A running turn: its record, its model request, its events, and why it
-    was cut short (the first reason given wins)."""
+    was cut short."""
 
     def __init__(
         self,
@@ -81,7 +72,6 @@ class Turn:
         model: ModelStreamer,
         record: TurnRecord,
         request: ModelRequest,
-        input_items: Sequence[items.Item],
         *,
         on_usage: Callable[[Usage], None] = lambda _: None,
     ) -> None:
@@ -89,11 +79,12 @@ class Turn:
         self.model = model
         self.record = record
         self.request = request
-        self.input_items = tuple(input_items)
-        self.interrupt_reason: str | None = None
+        self.log = TurnLog()
+        self.interruption: Interruption | None = None
         self._on_usage = on_usage
-        self._events: asyncio.Queue[TurnEvent | _End] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._flushed = 0
+        self._flushing = True
         # Set while the end is being saved again after a failed write: an
         # interrupt must not stop that, or the thread would stay RUNNING.
         self._saving_end = False
@@ -107,6 +98,7 @@ class Turn:
         return self.record.thread_id
 
     def start(self) -> asyncio.Task[None]:
+        """Play the turn (its start is recorded already) in a task of its own."""
         self._task = asyncio.create_task(self._run())
         return self._task
 
@@ -114,11 +106,13 @@ class Turn:
     def done(self) -> bool:
         return self._task is not None and self._task.done()
 
-    def interrupt(self, reason: str, *, stop_saving: bool = False) -> None:
+    def interrupt(
+        self, reason: str, code: ErrorCode = ErrorCode.CANCELLED, *, stop_saving: bool = False
+    ) -> None:
         """Cut the turn short; it records itself INTERRUPTED with the first reason.
         `stop_saving` (at shutdown) also stops retrying a failed save of its end."""
-        if self.interrupt_reason is None:
-            self.interrupt_reason = reason
+        if self.interruption is None:
+            self.interruption = Interruption(reason, code)
         if self._saving_end and not stop_saving:
             return
         if self._task is not None and not self._task.done():
@@ -129,40 +123,20 @@ class Turn:
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def events(self) -> AsyncIterator[TurnEvent]:
-        """The turn's events; ends after `TurnCompleted`, or raises the failure."""
-        while True:
-            event = await self._events.get()
-            if isinstance(event, _End):
-                if event.failure is not None:
-                    raise event.failure
-                return
-            yield event
-
     async def _run(self) -> None:
-        """Record the turn's start, play it and record its end; whatever
-        happens, the events end (once)."""
-        end = _End()
+        """Play the turn and record its end; whatever happens, the log ends (once)."""
+        failure: SpindleError | None = None
+        flusher = asyncio.create_task(self._flush_while_running())
         try:
-            try:
-                entries = [Entry.of(item) for item in self.input_items]
-                _, cancelled = await _to_the_end(self.store.begin_turn(self.record, entries))
-            except SpindleError as exc:  # refused (a turn already runs), or the store is down
-                end = _End(exc)
-                return
-            outcome = await self._play(cancelled)
-            end = _End(outcome.failure)
+            outcome = await self._play()
+            await _to_the_end(self._stop_flushing(flusher))
+            failure = outcome.failure
             if not await self._save_end(outcome):
-                end = _End(Unavailable(END_NOT_SAVED))
-                self._events.put_nowait(end)  # the caller hears now; saving goes on
+                failure = Unavailable(END_NOT_SAVED)
+                self.log.end(failure)  # the caller hears now; saving goes on
                 await self._save_end_until_done(outcome)
                 return
             self._on_usage(outcome.usage)
-            if outcome.failure is None:
-                calls = tuple(i for i in outcome.outputs if isinstance(i, items.FunctionCall))
-                self._events.put_nowait(
-                    TurnCompleted(self.id, outcome.status, outcome.usage, calls)
-                )
         except Exception as exc:  # a bug, or a store failing in a way it should not
             log.exception("turn %s on thread %s could not be recorded", self.id, self.thread_id)
             error = TurnError(ErrorCode.INTERNAL, f"not recorded: {type(exc).__name__}")
@@ -170,37 +144,90 @@ class Turn:
                 await _to_the_end(
                     self.store.finish_turn(self.id, TurnStatus.FAILED, Usage(), error, [])
                 )
-            end = _End(SpindleError(INTERNAL_FAILURE))
+            failure = SpindleError(INTERNAL_FAILURE)
         finally:
-            if not self._saving_end:
-                self._events.put_nowait(end)
+            self._flushing = False
+            flusher.cancel()
+            self.log.end(failure)
 
-    async def _play(self, cancelled: bool) -> Outcome:
-        """Call the model, unless the turn was cut while it started; how it ended."""
-        if cancelled:
-            outcome = Outcome(TurnStatus.INTERRUPTED)
-        else:
-            self._events.put_nowait(TurnStarted(self.id))
-            outcome = await self._call_model()
+    async def _play(self) -> Outcome:
+        """Call the model; how the turn ended (its TurnCompleted is in the log)."""
+        self.log.append(TurnStarted(self.id))
+        outcome = await self._call_model()
         if outcome.status is TurnStatus.INTERRUPTED:
-            reason = self.interrupt_reason or "interrupted"
-            outcome = Outcome(outcome.status, outcome.usage, TurnError(ErrorCode.CANCELLED, reason))
+            cut = self.interruption or Interruption("interrupted")
+            outcome = Outcome(outcome.status, outcome.usage, TurnError(cut.code, cut.reason))
+        if outcome.failure is None:
+            calls = tuple(i for i in outcome.outputs if isinstance(i, items.FunctionCall))
+            self.log.append(
+                TurnCompleted(self.id, outcome.status, outcome.usage, calls, outcome.error)
+            )
         return outcome
 
+    async def _call_model(self) -> Outcome:
+        outputs: list[items.Item] = []
+        usage = Usage()
+        try:
+            async for event in self.model.stream(self.request):
+                if isinstance(event, Completed):
+                    usage = event.usage
+                    continue
+                if isinstance(event, ItemDone):
+                    outputs.append(event.item)
+                self.log.append(event)
+        except asyncio.CancelledError:
+            _uncancel()
+            return Outcome(TurnStatus.INTERRUPTED, usage)
+        except SpindleError as exc:
+            return Outcome(TurnStatus.FAILED, error=TurnError.of(exc), failure=exc)
+        except Exception as exc:
+            log.exception("turn %s on thread %s failed", self.id, self.thread_id)
+            error = TurnError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
+            return Outcome(TurnStatus.FAILED, error=error, failure=SpindleError(INTERNAL_FAILURE))
+        return Outcome(TurnStatus.COMPLETED, usage, outputs=tuple(outputs))
+
+    def _unflushed(self) -> list[tuple[int, str]]:
+        new = self.log.events[self._flushed :]
+        self._flushed += len(new)
+        return [(event.sequence, events.encode(event)) for event in new]
+
+    async def _flush_while_running(self) -> None:
+        """Keep the events so far, now and then, for followers on other replicas."""
+        with contextlib.suppress(SpindleError):
+            while self._flushing:
+                await asyncio.sleep(FLUSH_SECONDS)
+                pending = self._unflushed()
+                if pending:
+                    await _to_the_end(self.store.append_events(self.id, pending))
+
+    async def _stop_flushing(self, flusher: asyncio.Task[None]) -> None:
+        """Stop keeping events now and then; a write under way finishes first,
+        so the end's write keeps exactly the events not kept yet."""
+        self._flushing = False
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
+
     async def _save_end(self, outcome: Outcome) -> bool:
-        """Record how the turn ended. The write runs to the end even when the
-        turn is interrupted meanwhile: a turn is recorded whole, never half.
-        False when the store could not take it (full, or unreachable)."""
+        """Record how the turn ended, with its last events. The write runs to
+        the end even when the turn is interrupted meanwhile: a turn is recorded
+        whole, never half. False when the store could not take it."""
         outputs = [Entry.of(item) for item in outcome.outputs]
+        pending = self.log.events[self._flushed :]
         try:
             await _to_the_end(
                 self.store.finish_turn(
-                    self.id, outcome.status, outcome.usage, outcome.error, outputs
+                    self.id,
+                    outcome.status,
+                    outcome.usage,
+                    outcome.error,
+                    outputs,
+                    [(event.sequence, events.encode(event)) for event in pending],
                 )
             )
         except (Unavailable, ResourceExhausted) as exc:
             log.warning("turn %s: its end could not be saved yet: %s", self.id, exc.message)
             return False
+        self._flushed += len(pending)
         return True
 
     async def _save_end_until_done(self, outcome: Outcome) -> None:
@@ -215,28 +242,6 @@ class Turn:
                 self._on_usage(outcome.usage)
                 return
             delay = min(delay * 2, SAVE_RETRY_MAX_SECONDS)
-
-    async def _call_model(self) -> Outcome:
-        outputs: list[items.Item] = []
-        usage = Usage()
-        try:
-            async for event in self.model.stream(self.request):
-                if isinstance(event, Completed):
-                    usage = event.usage
-                    continue
-                if isinstance(event, ItemDone):
-                    outputs.append(event.item)
-                self._events.put_nowait(event)
-        except asyncio.CancelledError:
-            _uncancel()
-            return Outcome(TurnStatus.INTERRUPTED, usage)
-        except SpindleError as exc:
-            return Outcome(TurnStatus.FAILED, error=TurnError(exc.code, exc.message), failure=exc)
-        except Exception as exc:
-            log.exception("turn %s on thread %s failed", self.id, self.thread_id)
-            error = TurnError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
-            return Outcome(TurnStatus.FAILED, error=error, failure=SpindleError(INTERNAL_FAILURE))
-        return Outcome(TurnStatus.COMPLETED, usage, outputs=tuple(outputs))
 
 
 async def _to_the_end(awaitable: Awaitable[T]) -> tuple[T, bool]:

@@ -1,35 +1,62 @@
-"""Turns of threads: start one (at most one runs per thread), interrupt it,
-list a thread's turns, and stop them all at shutdown. One turn's own life
-is `thread_service.turn.Turn`."""
+"""Turns of threads: run one (at most one runs per thread; another can wait
+or interrupt it), follow one again, interrupt one by id, list a thread's
+turns, and stop them all at shutdown. One turn's own life is
+`thread_service.turn.Turn`; its events are `thread_service.events`."""
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from spindle import items
-from spindle.errors import ErrorCode, FailedPrecondition
+from spindle.errors import Aborted, ErrorCode, FailedPrecondition, InvalidArgument, NotFound
 from spindle.model import ModelRequest, ModelStreamer, Tool, Usage
 from spindle.ratelimit import RateLimit
-from thread_service import pagination
+from thread_service import events, pagination
 from thread_service.access import LOCAL, Principal, model_cache_key
+from thread_service.events import TurnCompleted, TurnEvent
 from thread_service.pagination import Position
-from thread_service.records import TurnError, TurnRecord, TurnStatus
-from thread_service.store import Store
+from thread_service.records import (
+    Entry,
+    RequestKey,
+    ThreadRecord,
+    TurnError,
+    TurnRecord,
+    TurnStatus,
+)
+from thread_service.store import HistoryChanged, Store
 from thread_service.threads import Threads
-from thread_service.turn import Turn, TurnEvent
+from thread_service.turn import Turn, _to_the_end
 from thread_service.validation import check_turn_input, check_turn_size
 
 CLIENT_CANCELLED = "the client cancelled the call"
 DEADLINE_PASSED = "the call's deadline passed"
 SHUTTING_DOWN = "the service is shutting down"
 INTERRUPTED_BY_CALL = "interrupted by InterruptTurn"
-
-
+INTERRUPTED_FOR_INPUT = "interrupted for new input (when_busy INTERRUPT)"
 NOT_RUNNING_HERE = "interrupted by InterruptTurn; no task was running the turn"
+# How often a caller waiting on another replica's turn looks again.
+POLL_SECONDS = 0.05
+
+
+class Disconnect(enum.Enum):
+    """What happens to a turn when its caller goes away first."""
+
+    CANCEL = "cancel"
+    CONTINUE = "continue"
+
+
+class Busy(enum.Enum):
+    """What a new turn does when another runs on the thread."""
+
+    REJECT = "reject"
+    INTERRUPT = "interrupt"
+    ENQUEUE = "enqueue"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,34 +96,118 @@ class Turns:
         thread_id: str,
         input_items: Sequence[items.Item],
         tools: Sequence[Tool] = (),
-        time_remaining: float | None = None,
+        *,
         caller: Principal = LOCAL,
-    ) -> AsyncIterator[TurnEvent]:
-        """The turn's events. `time_remaining` is the caller's deadline, so that a
-        turn cut by it is recorded as such rather than as a cancelled call."""
+        time_remaining: float | None = None,
+        request: RequestKey | None = None,
+        on_disconnect: Disconnect = Disconnect.CANCEL,
+        when_busy: Busy = Busy.REJECT,
+    ) -> AsyncIterator[list[TurnEvent]]:
+        """The turn's events, in batches of those ready together. A repeated
+        request id follows the first call's turn instead. `time_remaining` is
+        the caller's deadline, so that a turn cut by it is recorded as such."""
         loop = asyncio.get_running_loop()
         deadline = None if time_remaining is None else loop.time() + time_remaining
         thread = await self.threads.get(thread_id, caller)
+        if request is not None:
+            earlier = await self.store.find_request(request)
+            if earlier is not None:
+                async for batch in self.watch(thread.id, earlier[1], 0, caller):
+                    yield batch
+                return
         if thread.archived:
-            raise FailedPrecondition(f"thread {thread.id} is archived")
+            raise _archived(thread.id)
         if self.tokens is not None:
             self.tokens.check(caller.name)
-        if thread.id in self._running or await self.store.running_turn(thread.id):
-            raise FailedPrecondition(f"a turn is already running on thread {thread.id}")
-        history = await self.store.read_history(thread.id)
-        check_turn_input(input_items, history, tools)
-        check_turn_size(
-            input_items,
-            tools,
-            sum(items.size_of(item) for item in history),
-            max_item=self.limits.max_item,
-            max_turn=self.limits.max_turn,
-            max_history=self.limits.max_history,
+        turn, first_call = await self._begin(
+            thread, input_items, tools, caller, request, when_busy, deadline
         )
-        # Checked again, now that no await stands between here and the claim.
-        if thread.id in self._running:
-            raise FailedPrecondition(f"a turn is already running on thread {thread.id}")
-        request = ModelRequest(
+        if not first_call:
+            async for batch in self.watch(thread.id, turn.id, 0, caller):
+                yield batch
+            return
+        assert isinstance(turn, Turn)
+        try:
+            async for batch in turn.log.follow():
+                yield batch
+        finally:
+            if not turn.done and on_disconnect is Disconnect.CANCEL:
+                turn.interrupt(*self._cut_reason(deadline))
+
+    async def _begin(
+        self,
+        thread: ThreadRecord,
+        input_items: Sequence[items.Item],
+        tools: Sequence[Tool],
+        caller: Principal,
+        request: RequestKey | None,
+        when_busy: Busy,
+        deadline: float | None,
+    ) -> tuple[Turn | TurnRecord, bool]:
+        """Record the turn's start and set it running; with a repeated request
+        id, the first call's turn and False. Waits, or interrupts, for a turn
+        already running as `when_busy` says."""
+        interrupted = ""
+        while True:
+            running = await self._running_on(thread.id)
+            if running is not None:
+                if when_busy is Busy.REJECT:
+                    raise _already_running(thread.id, running.id)
+                if when_busy is Busy.INTERRUPT and interrupted != running.id:
+                    await self._interrupt_running(running, INTERRUPTED_FOR_INPUT)
+                    interrupted = running.id
+                await self._until_ended(running.id)
+                continue
+            current = await self.threads.get(thread.id, caller)
+            stored = await self.store.read_history(current.id, version=current.version)
+            history = [entry.item for entry in stored]
+            check_turn_input(input_items, history, tools)
+            check_turn_size(
+                input_items,
+                tools,
+                sum(items.size_of(item) for item in history),
+                max_item=self.limits.max_item,
+                max_turn=self.limits.max_turn,
+                max_history=self.limits.max_history,
+            )
+            record = TurnRecord(
+                str(uuid.uuid4()), current.id, TurnStatus.RUNNING, time.time(), owner=self.owner
+            )
+            entries = [Entry.of(item) for item in input_items]
+            try:
+                (begun, first_call), cancelled = await _to_the_end(
+                    self.store.begin_turn(record, entries, request=request, version=current.version)
+                )
+            except HistoryChanged:
+                continue  # another replica's turn ended meanwhile: read again
+            except FailedPrecondition as exc:
+                if exc.reason != "TURN_ALREADY_RUNNING" or when_busy is Busy.REJECT:
+                    raise
+                continue
+            if not first_call:
+                return begun, False
+            turn = Turn(
+                self.store,
+                self.model,
+                begun,
+                self._model_request(current, history, input_items, tools),
+                on_usage=self._charger(caller),
+            )
+            self._running[current.id] = turn
+            turn.start().add_done_callback(functools.partial(self._forget, turn))
+            if cancelled:  # the caller left while the start was being recorded
+                turn.interrupt(*self._cut_reason(deadline))
+                raise asyncio.CancelledError
+            return turn, True
+
+    def _model_request(
+        self,
+        thread: ThreadRecord,
+        history: Sequence[items.Item],
+        input_items: Sequence[items.Item],
+        tools: Sequence[Tool],
+    ) -> ModelRequest:
+        return ModelRequest(
             model=thread.model,
             instructions=thread.instructions,
             input=(*history, *input_items),
@@ -106,27 +217,34 @@ class Turns:
             sub_agent_kind=thread.sub_agent_kind,
             tools=tuple(tools),
         )
-        record = TurnRecord(
-            str(uuid.uuid4()), thread.id, TurnStatus.RUNNING, time.time(), owner=self.owner
-        )
-        turn = Turn(
-            self.store, self.model, record, request, input_items, on_usage=self._charger(caller)
-        )
-        self._running[thread.id] = turn
-        turn.start().add_done_callback(lambda _: self._forget(turn))
-        try:
-            async for event in turn.events():
-                yield event
-        finally:
-            if not turn.done:
-                turn.interrupt(self._cut_reason(deadline))
 
-    def _cut_reason(self, deadline: float | None) -> str:
+    async def _running_on(self, thread_id: str) -> Turn | TurnRecord | None:
+        local = self._running.get(thread_id)
+        if local is not None:
+            return local
+        return await self.store.running_turn(thread_id)
+
+    async def _until_ended(self, turn_id: str) -> None:
+        """Until the turn is no longer running, here or anywhere."""
+        local = self._local(turn_id)
+        if local is not None:
+            await local.wait()
+            return
+        while True:
+            turn = await self.store.get_turn(turn_id)
+            if turn is None or turn.status is not TurnStatus.RUNNING:
+                return
+            await asyncio.sleep(POLL_SECONDS)
+
+    def _local(self, turn_id: str) -> Turn | None:
+        return next((t for t in self._running.values() if t.id == turn_id), None)
+
+    def _cut_reason(self, deadline: float | None) -> tuple[str, ErrorCode]:
         """Why a turn whose caller went away was cut short."""
         # gRPC's timer and the loop's clock may differ by a hair.
         if deadline is not None and asyncio.get_running_loop().time() >= deadline - 0.05:
-            return DEADLINE_PASSED
-        return self._shutdown_reason or CLIENT_CANCELLED
+            return DEADLINE_PASSED, ErrorCode.DEADLINE_EXCEEDED
+        return self._shutdown_reason or CLIENT_CANCELLED, ErrorCode.CANCELLED
 
     def _charger(self, caller: Principal) -> Callable[[Usage], None]:
         def charge(usage: Usage) -> None:
@@ -135,35 +253,118 @@ class Turns:
 
         return charge
 
-    def _forget(self, turn: Turn) -> None:
+    def _forget(self, turn: Turn, _: object = None) -> None:
         if self._running.get(turn.thread_id) is turn:
             del self._running[turn.thread_id]
 
-    async def interrupt(self, thread_id: str, caller: Principal = LOCAL) -> str:
-        """Interrupt the turn running on a thread, here or on another replica
-        (which notices within moments); its id, or '' when none runs. A turn
-        the store says is running but that no task here runs (its end could
-        not be saved, say) is ended at once, so the thread never stays stuck."""
+    async def watch(
+        self, thread_id: str, turn_id: str, after: int = 0, caller: Principal = LOCAL
+    ) -> AsyncIterator[list[TurnEvent]]:
+        """A turn's events after sequence `after`: those kept, then the live
+        ones; from a turn running on another replica, as it keeps them."""
         thread = await self.threads.get(thread_id, caller)
-        turn = self._running.get(thread.id)
-        if turn is not None:
-            turn.interrupt(INTERRUPTED_BY_CALL)
-            return turn.id
-        stored = await self.store.running_turn(thread.id)
-        if stored is None:
-            return ""
-        if self.store.exclusive or stored.owner == self.owner:
+        local = self._local(turn_id)
+        if local is not None and local.thread_id == thread.id:
+            async for batch in local.log.follow(after):
+                yield batch
+            return
+        turn = await self.store.get_turn(turn_id)
+        if turn is None or turn.thread_id != thread.id:
+            raise NotFound(
+                f"turn {turn_id} of thread {thread.id} does not exist", reason="TURN_NOT_FOUND"
+            )
+        seen, completed = after, False
+        while True:
+            kept = await self.store.read_events(turn_id, seen)
+            batch = [events.decode(sequence, body) for sequence, body in kept]
+            if batch:
+                seen = batch[-1].sequence
+                completed = isinstance(batch[-1].payload, TurnCompleted)
+                yield batch
+            if turn.status is not TurnStatus.RUNNING:
+                break
+            await asyncio.sleep(POLL_SECONDS)
+            turn = await self.store.get_turn(turn_id) or turn
+        if turn.status is TurnStatus.FAILED and turn.error is not None:
+            raise events.failure_of(turn.error)
+        if not completed:  # ended without its last event kept (its replica died)
+            ending = TurnCompleted(turn.id, turn.status, turn.usage, (), turn.error)
+            yield [TurnEvent(seen + 1, ending)]
+
+    async def interrupt(self, thread_id: str, turn_id: str, caller: Principal = LOCAL) -> str:
+        """Interrupt the named turn, here or on another replica (which notices
+        within moments). Never another turn: a turn that is not running is
+        FAILED_PRECONDITION (it ended) or ABORTED (another runs now)."""
+        thread = await self.threads.get(thread_id, caller)
+        if not turn_id:
+            raise InvalidArgument("turn_id is required", field="turn_id")
+        local = self._local(turn_id)
+        if local is not None and local.thread_id == thread.id:
+            local.interrupt(INTERRUPTED_BY_CALL)
+            return turn_id
+        turn = await self.store.get_turn(turn_id)
+        if turn is None or turn.thread_id != thread.id:
+            raise NotFound(
+                f"turn {turn_id} of thread {thread.id} does not exist", reason="TURN_NOT_FOUND"
+            )
+        if turn.status is not TurnStatus.RUNNING:
+            other = await self._running_on(thread.id)
+            if other is not None:
+                raise Aborted(
+                    f"turn {turn_id} ended ({turn.status.value}); turn {other.id} runs now",
+                    reason="ANOTHER_TURN_RUNNING",
+                    metadata={"running_turn_id": other.id},
+                )
+            raise FailedPrecondition(
+                f"turn {turn_id} is not running: it ended {turn.status.value}",
+                reason="TURN_NOT_RUNNING",
+                metadata={"status": turn.status.value},
+            )
+        await self._interrupt_running(turn, INTERRUPTED_BY_CALL)
+        return turn_id
+
+    async def _interrupt_running(self, turn: Turn | TurnRecord, reason: str) -> None:
+        """Interrupt a running turn: here, in the store (a turn that no task
+        runs, so its thread is never stuck), or by asking its replica."""
+        if isinstance(turn, Turn):
+            turn.interrupt(reason)
+            return
+        local = self._local(turn.id)
+        if local is not None:
+            local.interrupt(reason)
+        elif self.store.exclusive or turn.owner == self.owner:
             error = TurnError(ErrorCode.CANCELLED, NOT_RUNNING_HERE)
-            await self.store.finish_turn(stored.id, TurnStatus.INTERRUPTED, Usage(), error, [])
-            return stored.id
-        elsewhere = await self.store.request_interrupt(thread.id, INTERRUPTED_BY_CALL)
-        return elsewhere.id if elsewhere else ""
+            await self.store.finish_turn(turn.id, TurnStatus.INTERRUPTED, Usage(), error, [])
+        else:
+            await self.store.request_interrupt(turn.id, reason)
 
     def interrupt_turn(self, turn_id: str, reason: str) -> None:
         """Interrupt a turn of this process by id (asked by another replica)."""
-        for turn in list(self._running.values()):
-            if turn.id == turn_id:
-                turn.interrupt(reason)
+        local = self._local(turn_id)
+        if local is not None:
+            local.interrupt(reason)
+
+    async def interrupt_thread(self, thread: ThreadRecord) -> None:
+        """Interrupt the thread's running turn, if any, and wait until it ended."""
+        running = await self._running_on(thread.id)
+        if running is not None:
+            await self._interrupt_running(running, INTERRUPTED_BY_CALL)
+            await self._until_ended(running.id)
+
+    async def settle(self, thread: ThreadRecord, interrupt: bool) -> None:
+        """Before a thread is archived or deleted: no turn runs on it (one that
+        does is interrupted when `interrupt`, else FAILED_PRECONDITION)."""
+        running = await self._running_on(thread.id)
+        if running is None:
+            return
+        if not interrupt:
+            raise FailedPrecondition(
+                f"a turn is running on thread {thread.id}; interrupt it first, or set "
+                "interrupt_running",
+                reason="TURN_RUNNING",
+                metadata={"turn_id": running.id},
+            )
+        await self.interrupt_thread(thread)
 
     def has_running(self) -> bool:
         return bool(self._running)
@@ -184,10 +385,27 @@ class Turns:
         """From now on, turns cut short are recorded as cut by the shutdown."""
         self._shutdown_reason = reason
 
-    async def close(self) -> None:
-        """Interrupt every running turn and wait until each has recorded its end."""
+    async def interrupt_all(self) -> None:
+        """Interrupt every turn running here and wait until each has recorded
+        its end, so that their callers' streams end with it."""
         self.drain(self._shutdown_reason or SHUTTING_DOWN)
         running = list(self._running.values())
         for turn in running:
             turn.interrupt(self._shutdown_reason, stop_saving=True)
         await asyncio.gather(*(turn.wait() for turn in running))
+
+    async def close(self) -> None:
+        await self.interrupt_all()
+
+
+def _archived(thread_id: str) -> FailedPrecondition:
+    return FailedPrecondition(f"thread {thread_id} is archived", reason="THREAD_ARCHIVED")
+
+
+def _already_running(thread_id: str, turn_id: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"a turn is already running on thread {thread_id}",
+        reason="TURN_ALREADY_RUNNING",
+        metadata={"turn_id": turn_id},
+        retry_after=1.0,
+    )

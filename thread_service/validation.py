@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 from spindle import items
 from spindle.errors import FailedPrecondition, InvalidArgument, PermissionDenied, quoted
@@ -22,14 +23,62 @@ OUTSIDE_ROOTS = "cwd is outside the folders this caller may work in"
 _INPUT_ROLES = (items.Role.USER, items.Role.DEVELOPER, items.Role.SYSTEM)
 
 
-def parse_thread_id(value: str, field: str = "thread_id") -> str:
-    """Thread ids are UUIDs; anything else is a caller's mistake, not a miss."""
+def parse_thread_id(value: str, field: str = "thread_id", what: str = "a thread id") -> str:
+    """Thread and turn ids are UUIDs; anything else is a caller's mistake, not a miss."""
     if not value:
-        raise InvalidArgument(f"{field} is required")
+        raise InvalidArgument(f"{field} is required", field=field)
     try:
         return str(uuid.UUID(value))
     except ValueError:
-        raise InvalidArgument(f"{field} {quoted(value)} is not a thread id (a UUID)") from None
+        raise InvalidArgument(
+            f"{field} {quoted(value)} is not {what} (a UUID)", field=field
+        ) from None
+
+
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+_METADATA_KEY = re.compile(r"[A-Za-z0-9_.\-/]{1,64}")
+ORDERS = ("create_time", "update_time")
+
+
+def check_metadata(metadata: Mapping[str, str], field: str = "metadata") -> None:
+    """Labels as OpenAI keeps them: at most 16 pairs, keys of 1 to 64 characters
+    (letters, digits, '_', '-', '.', '/'), values of at most 512."""
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise InvalidArgument(f"{field} holds at most {MAX_METADATA_PAIRS} pairs", field=field)
+    for key, value in metadata.items():
+        if not _METADATA_KEY.fullmatch(key):
+            raise InvalidArgument(
+                f"{field}: key {quoted(key, 80)} must be 1 to 64 letters, digits, '_', '-', "
+                "'.' or '/'",
+                field=field,
+            )
+        if len(value) > MAX_METADATA_VALUE or _CONTROL.search(value):
+            raise InvalidArgument(
+                f"{field}: the value of {quoted(key)} must be one line of at most "
+                f"{MAX_METADATA_VALUE} characters",
+                field=field,
+            )
+
+
+def parse_order_by(order_by: str) -> tuple[Literal["create_time", "update_time"], bool]:
+    """(field, descending) of an AIP-132 order_by: "create_time" (the default),
+    "update_time", either followed by " desc"."""
+    words = order_by.split()
+    if not words:
+        return "create_time", False
+    if words[0] in ORDERS and (
+        len(words) == 1 or (len(words) == 2 and words[1] in ("asc", "desc"))
+    ):
+        order: Literal["create_time", "update_time"] = (
+            "create_time" if words[0] == "create_time" else "update_time"
+        )
+        return order, len(words) == 2 and words[1] == "desc"
+    raise InvalidArgument(
+        'order_by must be "create_time" or "update_time", optionally followed by " desc"',
+        field="order_by",
+    )
 
 
 def check_sub_agent_kind(kind: str) -> None:
@@ -143,13 +192,20 @@ def check_turn_input(
             if item.role not in _INPUT_ROLES:
                 raise InvalidArgument(
                     f"{where}: a turn's messages come from user, developer "
-                    "or system, not the assistant"
+                    "or system, not the assistant",
+                    field=f"{where}.message.role",
+                )
+            if item.phase is not None:
+                raise InvalidArgument(
+                    f"{where}: only assistant messages have a phase", field=f"{where}.message.phase"
                 )
         elif isinstance(item, items.FunctionCallOutput):
             if item.call_id not in open_calls:
                 raise InvalidArgument(
                     f"{where}: call_id {quoted(item.call_id)} names no open function call "
-                    "of this thread"
+                    "of this thread",
+                    reason="UNKNOWN_FUNCTION_CALL",
+                    field=f"{where}.function_call_output.call_id",
                 )
             open_calls.discard(item.call_id)
         else:

@@ -208,7 +208,13 @@ class HttpProvider:
                         position = 0
         except ModelError as exc:
             message = f"provider {self.settings.name!r}: {redact.cut(exc.message, _MESSAGE_LIMIT)}"
-            raise ModelError(message, code=exc.code) from None
+            raise ModelError(
+                message,
+                code=exc.code,
+                reason=exc.reason or "PROVIDER_ERROR",
+                metadata={"provider": self.settings.name, **exc.metadata},
+                retry_after=exc.retry_after,
+            ) from None
 
     def _redactor_for(self, key: str) -> Redactor:
         """The redactor of the configured secrets and `key` (kept while the key is)."""
@@ -337,13 +343,18 @@ class HttpProvider:
                 )
             return
         detail, provider_code = _error_detail(await self._error_text(response, redact))
+        retry_after = retry_after_seconds(response.headers.get("retry-after"))
         error = ModelError(
             f"HTTP {status}: {detail or response.reason_phrase or 'error'}",
             code=_status_code(status),
+            reason="PROVIDER_ERROR",
+            metadata={"http_status": str(status), "provider_code": provider_code[:64]},
+            # A client may try again after the wait the provider asked for.
+            retry_after=retry_after if status == 429 or status >= 500 else None,
         )
         if status == 429 and provider_code == "insufficient_quota":
+            error.retry_after = None
             raise error
-        retry_after = retry_after_seconds(response.headers.get("retry-after"))
         if status == 429:
             # The provider's rate limit, not a failing endpoint: wait on the same
             # one (its prefix cache holds the key's prompts), never mark it down.

@@ -22,41 +22,55 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17spindle/v1/common.proto\x12\nspindle.v1\"`\n\x07Message\x12\x1e\n\x04role\x18\x01 \x01(\x0e\x32\x10.spindle.v1.Role\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\'\n\x05phase\x18\x03 \x01(\x0e\x32\x18.spindle.v1.MessagePhase\"7\n\tReasoning\x12\x0f\n\x07summary\x18\x01 \x01(\t\x12\x19\n\x11\x65ncrypted_content\x18\x02 \x01(\t\"@\n\x0c\x46unctionCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"5\n\x12\x46unctionCallOutput\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\"S\n\x0c\x41gentMessage\x12\x18\n\x10sender_thread_id\x18\x01 \x01(\t\x12\x1b\n\x13recipient_thread_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"\x88\x02\n\x04Item\x12&\n\x07message\x18\x01 \x01(\x0b\x32\x13.spindle.v1.MessageH\x00\x12*\n\treasoning\x18\x02 \x01(\x0b\x32\x15.spindle.v1.ReasoningH\x00\x12\x31\n\rfunction_call\x18\x03 \x01(\x0b\x32\x18.spindle.v1.FunctionCallH\x00\x12>\n\x14\x66unction_call_output\x18\x04 \x01(\x0b\x32\x1e.spindle.v1.FunctionCallOutputH\x00\x12\x31\n\ragent_message\x18\x05 \x01(\x0b\x32\x18.spindle.v1.AgentMessageH\x00\x42\x06\n\x04kind\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"*\n\x08ItemDone\x12\x1e\n\x04item\x18\x01 \x01(\x0b\x32\x10.spindle.v1.Item\"B\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\"Q\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x04\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x02 \x01(\x04\x12\x15\n\routput_tokens\x18\x03 \x01(\x04\"=\n\x05\x45rror\x12#\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x15.spindle.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t*d\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\x12\n\x0eROLE_DEVELOPER\x10\x02\x12\r\n\tROLE_USER\x10\x03\x12\x12\n\x0eROLE_ASSISTANT\x10\x04*k\n\x0cMessagePhase\x12\x1d\n\x19MESSAGE_PHASE_UNSPECIFIED\x10\x00\x12\x1c\n\x18MESSAGE_PHASE_COMMENTARY\x10\x01\x12\x1e\n\x1aMESSAGE_PHASE_FINAL_ANSWER\x10\x02*\xfb\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x45RROR_CODE_INVALID_ARGUMENT\x10\x01\x12\x18\n\x14\x45RROR_CODE_NOT_FOUND\x10\x02\x12\"\n\x1e\x45RROR_CODE_FAILED_PRECONDITION\x10\x03\x12!\n\x1d\x45RROR_CODE_RESOURCE_EXHAUSTED\x10\x04\x12\x1a\n\x16\x45RROR_CODE_UNAVAILABLE\x10\x05\x12 \n\x1c\x45RROR_CODE_DEADLINE_EXCEEDED\x10\x06\x12 \n\x1c\x45RROR_CODE_PERMISSION_DENIED\x10\x07\x12\x1e\n\x1a\x45RROR_CODE_UNAUTHENTICATED\x10\x08\x12\x18\n\x14\x45RROR_CODE_CANCELLED\x10\t\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\n\x12\x1d\n\x19\x45RROR_CODE_ALREADY_EXISTS\x10\x0b\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17spindle/v1/common.proto\x12\nspindle.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"f\n\x07Message\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x10.spindle.v1.RoleB\x04\xe2\x41\x01\x02\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\'\n\x05phase\x18\x03 \x01(\x0e\x32\x18.spindle.v1.MessagePhase\"7\n\tReasoning\x12\x0f\n\x07summary\x18\x01 \x01(\t\x12\x19\n\x11\x65ncrypted_content\x18\x02 \x01(\t\"L\n\x0c\x46unctionCall\x12\x15\n\x07\x63\x61ll_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\targuments\x18\x03 \x01(\t\";\n\x12\x46unctionCallOutput\x12\x15\n\x07\x63\x61ll_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06output\x18\x02 \x01(\t\"S\n\x0c\x41gentMessage\x12\x18\n\x10sender_thread_id\x18\x01 \x01(\t\x12\x1b\n\x13recipient_thread_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"\xe8\x02\n\x04Item\x12&\n\x07message\x18\x01 \x01(\x0b\x32\x13.spindle.v1.MessageH\x00\x12*\n\treasoning\x18\x02 \x01(\x0b\x32\x15.spindle.v1.ReasoningH\x00\x12\x31\n\rfunction_call\x18\x03 \x01(\x0b\x32\x18.spindle.v1.FunctionCallH\x00\x12>\n\x14\x66unction_call_output\x18\x04 \x01(\x0b\x32\x1e.spindle.v1.FunctionCallOutputH\x00\x12\x31\n\ragent_message\x18\x05 \x01(\x0b\x32\x18.spindle.v1.AgentMessageH\x00\x12\x10\n\x02id\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07turn_id\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\x06\n\x04kind\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"*\n\x08ItemDone\x12\x1e\n\x04item\x18\x01 \x01(\x0b\x32\x10.spindle.v1.Item\"H\n\x04Tool\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\"Q\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x04\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x02 \x01(\x04\x12\x15\n\routput_tokens\x18\x03 \x01(\x04*d\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\x12\n\x0eROLE_DEVELOPER\x10\x02\x12\r\n\tROLE_USER\x10\x03\x12\x12\n\x0eROLE_ASSISTANT\x10\x04*k\n\x0cMessagePhase\x12\x1d\n\x19MESSAGE_PHASE_UNSPECIFIED\x10\x00\x12\x1c\n\x18MESSAGE_PHASE_COMMENTARY\x10\x01\x12\x1e\n\x1aMESSAGE_PHASE_FINAL_ANSWER\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'spindle.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=952
-  _globals['_ROLE']._serialized_end=1052
-  _globals['_MESSAGEPHASE']._serialized_start=1054
-  _globals['_MESSAGEPHASE']._serialized_end=1161
-  _globals['_ERRORCODE']._serialized_start=1164
-  _globals['_ERRORCODE']._serialized_end=1543
-  _globals['_MESSAGE']._serialized_start=39
-  _globals['_MESSAGE']._serialized_end=135
-  _globals['_REASONING']._serialized_start=137
-  _globals['_REASONING']._serialized_end=192
-  _globals['_FUNCTIONCALL']._serialized_start=194
-  _globals['_FUNCTIONCALL']._serialized_end=258
-  _globals['_FUNCTIONCALLOUTPUT']._serialized_start=260
-  _globals['_FUNCTIONCALLOUTPUT']._serialized_end=313
-  _globals['_AGENTMESSAGE']._serialized_start=315
-  _globals['_AGENTMESSAGE']._serialized_end=398
-  _globals['_ITEM']._serialized_start=401
-  _globals['_ITEM']._serialized_end=665
-  _globals['_TEXTDELTA']._serialized_start=667
-  _globals['_TEXTDELTA']._serialized_end=692
-  _globals['_ITEMDONE']._serialized_start=694
-  _globals['_ITEMDONE']._serialized_end=736
-  _globals['_TOOL']._serialized_start=738
-  _globals['_TOOL']._serialized_end=804
-  _globals['_USAGE']._serialized_start=806
-  _globals['_USAGE']._serialized_end=887
-  _globals['_ERROR']._serialized_start=889
-  _globals['_ERROR']._serialized_end=950
+  _globals['_MESSAGE'].fields_by_name['role']._loaded_options = None
+  _globals['_MESSAGE'].fields_by_name['role']._serialized_options = b'\342A\001\002'
+  _globals['_FUNCTIONCALL'].fields_by_name['call_id']._loaded_options = None
+  _globals['_FUNCTIONCALL'].fields_by_name['call_id']._serialized_options = b'\342A\001\002'
+  _globals['_FUNCTIONCALL'].fields_by_name['name']._loaded_options = None
+  _globals['_FUNCTIONCALL'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_FUNCTIONCALLOUTPUT'].fields_by_name['call_id']._loaded_options = None
+  _globals['_FUNCTIONCALLOUTPUT'].fields_by_name['call_id']._serialized_options = b'\342A\001\002'
+  _globals['_ITEM'].fields_by_name['id']._loaded_options = None
+  _globals['_ITEM'].fields_by_name['id']._serialized_options = b'\342A\001\003'
+  _globals['_ITEM'].fields_by_name['turn_id']._loaded_options = None
+  _globals['_ITEM'].fields_by_name['turn_id']._serialized_options = b'\342A\001\003'
+  _globals['_ITEM'].fields_by_name['create_time']._loaded_options = None
+  _globals['_ITEM'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_TOOL'].fields_by_name['name']._loaded_options = None
+  _globals['_TOOL'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_ROLE']._serialized_start=1081
+  _globals['_ROLE']._serialized_end=1181
+  _globals['_MESSAGEPHASE']._serialized_start=1183
+  _globals['_MESSAGEPHASE']._serialized_end=1290
+  _globals['_MESSAGE']._serialized_start=105
+  _globals['_MESSAGE']._serialized_end=207
+  _globals['_REASONING']._serialized_start=209
+  _globals['_REASONING']._serialized_end=264
+  _globals['_FUNCTIONCALL']._serialized_start=266
+  _globals['_FUNCTIONCALL']._serialized_end=342
+  _globals['_FUNCTIONCALLOUTPUT']._serialized_start=344
+  _globals['_FUNCTIONCALLOUTPUT']._serialized_end=403
+  _globals['_AGENTMESSAGE']._serialized_start=405
+  _globals['_AGENTMESSAGE']._serialized_end=488
+  _globals['_ITEM']._serialized_start=491
+  _globals['_ITEM']._serialized_end=851
+  _globals['_TEXTDELTA']._serialized_start=853
+  _globals['_TEXTDELTA']._serialized_end=878
+  _globals['_ITEMDONE']._serialized_start=880
+  _globals['_ITEMDONE']._serialized_end=922
+  _globals['_TOOL']._serialized_start=924
+  _globals['_TOOL']._serialized_end=996
+  _globals['_USAGE']._serialized_start=998
+  _globals['_USAGE']._serialized_end=1079
 # @@protoc_insertion_point(module_scope)

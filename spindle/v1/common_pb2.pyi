@@ -1,3 +1,7 @@
+import datetime
+
+from google.api import field_behavior_pb2 as _field_behavior_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -19,21 +23,6 @@ class MessagePhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MESSAGE_PHASE_UNSPECIFIED: _ClassVar[MessagePhase]
     MESSAGE_PHASE_COMMENTARY: _ClassVar[MessagePhase]
     MESSAGE_PHASE_FINAL_ANSWER: _ClassVar[MessagePhase]
-
-class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    ERROR_CODE_UNSPECIFIED: _ClassVar[ErrorCode]
-    ERROR_CODE_INVALID_ARGUMENT: _ClassVar[ErrorCode]
-    ERROR_CODE_NOT_FOUND: _ClassVar[ErrorCode]
-    ERROR_CODE_FAILED_PRECONDITION: _ClassVar[ErrorCode]
-    ERROR_CODE_RESOURCE_EXHAUSTED: _ClassVar[ErrorCode]
-    ERROR_CODE_UNAVAILABLE: _ClassVar[ErrorCode]
-    ERROR_CODE_DEADLINE_EXCEEDED: _ClassVar[ErrorCode]
-    ERROR_CODE_PERMISSION_DENIED: _ClassVar[ErrorCode]
-    ERROR_CODE_UNAUTHENTICATED: _ClassVar[ErrorCode]
-    ERROR_CODE_CANCELLED: _ClassVar[ErrorCode]
-    ERROR_CODE_INTERNAL: _ClassVar[ErrorCode]
-    ERROR_CODE_ALREADY_EXISTS: _ClassVar[ErrorCode]
 ROLE_UNSPECIFIED: Role
 ROLE_SYSTEM: Role
 ROLE_DEVELOPER: Role
@@ -42,18 +31,6 @@ ROLE_ASSISTANT: Role
 MESSAGE_PHASE_UNSPECIFIED: MessagePhase
 MESSAGE_PHASE_COMMENTARY: MessagePhase
 MESSAGE_PHASE_FINAL_ANSWER: MessagePhase
-ERROR_CODE_UNSPECIFIED: ErrorCode
-ERROR_CODE_INVALID_ARGUMENT: ErrorCode
-ERROR_CODE_NOT_FOUND: ErrorCode
-ERROR_CODE_FAILED_PRECONDITION: ErrorCode
-ERROR_CODE_RESOURCE_EXHAUSTED: ErrorCode
-ERROR_CODE_UNAVAILABLE: ErrorCode
-ERROR_CODE_DEADLINE_EXCEEDED: ErrorCode
-ERROR_CODE_PERMISSION_DENIED: ErrorCode
-ERROR_CODE_UNAUTHENTICATED: ErrorCode
-ERROR_CODE_CANCELLED: ErrorCode
-ERROR_CODE_INTERNAL: ErrorCode
-ERROR_CODE_ALREADY_EXISTS: ErrorCode
 
 class Message(_message.Message):
     __slots__ = ("role", "text", "phase")
@@ -102,18 +79,24 @@ class AgentMessage(_message.Message):
     def __init__(self, sender_thread_id: _Optional[str] = ..., recipient_thread_id: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("message", "reasoning", "function_call", "function_call_output", "agent_message")
+    __slots__ = ("message", "reasoning", "function_call", "function_call_output", "agent_message", "id", "turn_id", "create_time")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     REASONING_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_CALL_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_CALL_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     AGENT_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     message: Message
     reasoning: Reasoning
     function_call: FunctionCall
     function_call_output: FunctionCallOutput
     agent_message: AgentMessage
-    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., reasoning: _Optional[_Union[Reasoning, _Mapping]] = ..., function_call: _Optional[_Union[FunctionCall, _Mapping]] = ..., function_call_output: _Optional[_Union[FunctionCallOutput, _Mapping]] = ..., agent_message: _Optional[_Union[AgentMessage, _Mapping]] = ...) -> None: ...
+    id: str
+    turn_id: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., reasoning: _Optional[_Union[Reasoning, _Mapping]] = ..., function_call: _Optional[_Union[FunctionCall, _Mapping]] = ..., function_call_output: _Optional[_Union[FunctionCallOutput, _Mapping]] = ..., agent_message: _Optional[_Union[AgentMessage, _Mapping]] = ..., id: _Optional[str] = ..., turn_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TextDelta(_message.Message):
     __slots__ = ("text",)
@@ -146,11 +129,3 @@ class Usage(_message.Message):
     cached_input_tokens: int
     output_tokens: int
     def __init__(self, input_tokens: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
-
-class Error(_message.Message):
-    __slots__ = ("code", "message")
-    CODE_FIELD_NUMBER: _ClassVar[int]
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    code: ErrorCode
-    message: str
-    def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...

@@ -27,7 +27,8 @@ if _version_not_supported:
 
 class ModelServiceStub:
     """The internal model gateway. The thread-service sends each model call here;
-    the model-service serves it from a configured provider.
+    the model-service serves it from a configured provider. Only the
+    thread-service may call it (a service token or its client certificate).
     """
 
     def __init__(self, channel):
@@ -45,7 +46,8 @@ class ModelServiceStub:
 
 class ModelServiceServicer:
     """The internal model gateway. The thread-service sends each model call here;
-    the model-service serves it from a configured provider.
+    the model-service serves it from a configured provider. Only the
+    thread-service may call it (a service token or its client certificate).
     """
 
     def Generate(self, request, context):
@@ -74,7 +76,8 @@ def add_ModelServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ModelService:
     """The internal model gateway. The thread-service sends each model call here;
-    the model-service serves it from a configured provider.
+    the model-service serves it from a configured provider. Only the
+    thread-service may call it (a service token or its client certificate).
     """
 
     @staticmethod

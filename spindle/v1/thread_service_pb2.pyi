@@ -1,6 +1,9 @@
 import datetime
 
+from google.api import field_behavior_pb2 as _field_behavior_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.rpc import status_pb2 as _status_pb2
 from spindle.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -37,6 +40,19 @@ class TrustSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRUST_SOURCE_PERSISTED: _ClassVar[TrustSource]
     TRUST_SOURCE_IN_MEMORY: _ClassVar[TrustSource]
 
+class DisconnectPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DISCONNECT_POLICY_UNSPECIFIED: _ClassVar[DisconnectPolicy]
+    DISCONNECT_POLICY_CANCEL: _ClassVar[DisconnectPolicy]
+    DISCONNECT_POLICY_CONTINUE: _ClassVar[DisconnectPolicy]
+
+class BusyPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BUSY_POLICY_UNSPECIFIED: _ClassVar[BusyPolicy]
+    BUSY_POLICY_REJECT: _ClassVar[BusyPolicy]
+    BUSY_POLICY_INTERRUPT: _ClassVar[BusyPolicy]
+    BUSY_POLICY_ENQUEUE: _ClassVar[BusyPolicy]
+
 class TurnStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TURN_STATUS_UNSPECIFIED: _ClassVar[TurnStatus]
@@ -58,6 +74,13 @@ FORK_MODE_LAST_N_TURNS: ForkMode
 TRUST_SOURCE_UNSPECIFIED: TrustSource
 TRUST_SOURCE_PERSISTED: TrustSource
 TRUST_SOURCE_IN_MEMORY: TrustSource
+DISCONNECT_POLICY_UNSPECIFIED: DisconnectPolicy
+DISCONNECT_POLICY_CANCEL: DisconnectPolicy
+DISCONNECT_POLICY_CONTINUE: DisconnectPolicy
+BUSY_POLICY_UNSPECIFIED: BusyPolicy
+BUSY_POLICY_REJECT: BusyPolicy
+BUSY_POLICY_INTERRUPT: BusyPolicy
+BUSY_POLICY_ENQUEUE: BusyPolicy
 TURN_STATUS_UNSPECIFIED: TurnStatus
 TURN_STATUS_RUNNING: TurnStatus
 TURN_STATUS_COMPLETED: TurnStatus
@@ -75,7 +98,14 @@ class ProjectTrust(_message.Message):
     def __init__(self, project_path: _Optional[str] = ..., trusted: _Optional[bool] = ..., source: _Optional[_Union[TrustSource, str]] = ...) -> None: ...
 
 class Thread(_message.Message):
-    __slots__ = ("id", "parent_id", "origin", "session_origin", "depth", "agent_nickname", "agent_role", "sub_agent_kind", "prompt_cache_key", "window_generation", "cwd", "model", "instructions", "status", "parent_spawn_call_id", "trust", "create_time", "update_time")
+    __slots__ = ("id", "parent_id", "origin", "session_origin", "depth", "agent_nickname", "agent_role", "sub_agent_kind", "prompt_cache_key", "window_generation", "cwd", "model", "instructions", "status", "parent_spawn_call_id", "trust", "create_time", "update_time", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +124,7 @@ class Thread(_message.Message):
     TRUST_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     id: str
     parent_id: str
     origin: ThreadOrigin
@@ -112,21 +143,33 @@ class Thread(_message.Message):
     trust: ProjectTrust
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., parent_id: _Optional[str] = ..., origin: _Optional[_Union[ThreadOrigin, str]] = ..., session_origin: _Optional[_Union[ThreadOrigin, str]] = ..., depth: _Optional[int] = ..., agent_nickname: _Optional[str] = ..., agent_role: _Optional[str] = ..., sub_agent_kind: _Optional[str] = ..., prompt_cache_key: _Optional[str] = ..., window_generation: _Optional[int] = ..., cwd: _Optional[str] = ..., model: _Optional[str] = ..., instructions: _Optional[str] = ..., status: _Optional[_Union[ThreadStatus, str]] = ..., parent_spawn_call_id: _Optional[str] = ..., trust: _Optional[_Union[ProjectTrust, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., parent_id: _Optional[str] = ..., origin: _Optional[_Union[ThreadOrigin, str]] = ..., session_origin: _Optional[_Union[ThreadOrigin, str]] = ..., depth: _Optional[int] = ..., agent_nickname: _Optional[str] = ..., agent_role: _Optional[str] = ..., sub_agent_kind: _Optional[str] = ..., prompt_cache_key: _Optional[str] = ..., window_generation: _Optional[int] = ..., cwd: _Optional[str] = ..., model: _Optional[str] = ..., instructions: _Optional[str] = ..., status: _Optional[_Union[ThreadStatus, str]] = ..., parent_spawn_call_id: _Optional[str] = ..., trust: _Optional[_Union[ProjectTrust, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class StartThreadRequest(_message.Message):
-    __slots__ = ("cwd", "model", "instructions", "agent_nickname", "agent_role")
+    __slots__ = ("cwd", "model", "instructions", "agent_nickname", "agent_role", "request_id", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     CWD_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
     AGENT_NICKNAME_FIELD_NUMBER: _ClassVar[int]
     AGENT_ROLE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     cwd: str
     model: str
     instructions: str
     agent_nickname: str
     agent_role: str
-    def __init__(self, cwd: _Optional[str] = ..., model: _Optional[str] = ..., instructions: _Optional[str] = ..., agent_nickname: _Optional[str] = ..., agent_role: _Optional[str] = ...) -> None: ...
+    request_id: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, cwd: _Optional[str] = ..., model: _Optional[str] = ..., instructions: _Optional[str] = ..., agent_nickname: _Optional[str] = ..., agent_role: _Optional[str] = ..., request_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class StartThreadResponse(_message.Message):
     __slots__ = ("thread", "warnings")
@@ -137,17 +180,26 @@ class StartThreadResponse(_message.Message):
     def __init__(self, thread: _Optional[_Union[Thread, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ForkOptions(_message.Message):
-    __slots__ = ("parent_spawn_call_id", "mode", "last_n_turns")
+    __slots__ = ("parent_spawn_call_id", "mode", "last_n_turns", "at_turn_id")
     PARENT_SPAWN_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     LAST_N_TURNS_FIELD_NUMBER: _ClassVar[int]
+    AT_TURN_ID_FIELD_NUMBER: _ClassVar[int]
     parent_spawn_call_id: str
     mode: ForkMode
     last_n_turns: int
-    def __init__(self, parent_spawn_call_id: _Optional[str] = ..., mode: _Optional[_Union[ForkMode, str]] = ..., last_n_turns: _Optional[int] = ...) -> None: ...
+    at_turn_id: str
+    def __init__(self, parent_spawn_call_id: _Optional[str] = ..., mode: _Optional[_Union[ForkMode, str]] = ..., last_n_turns: _Optional[int] = ..., at_turn_id: _Optional[str] = ...) -> None: ...
 
 class SpawnThreadRequest(_message.Message):
-    __slots__ = ("parent_id", "fork", "agent_nickname", "agent_role", "sub_agent_kind", "model", "instructions")
+    __slots__ = ("parent_id", "fork", "agent_nickname", "agent_role", "sub_agent_kind", "model", "instructions", "request_id", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
     FORK_FIELD_NUMBER: _ClassVar[int]
     AGENT_NICKNAME_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +207,8 @@ class SpawnThreadRequest(_message.Message):
     SUB_AGENT_KIND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     parent_id: str
     fork: ForkOptions
     agent_nickname: str
@@ -162,7 +216,9 @@ class SpawnThreadRequest(_message.Message):
     sub_agent_kind: str
     model: str
     instructions: str
-    def __init__(self, parent_id: _Optional[str] = ..., fork: _Optional[_Union[ForkOptions, _Mapping]] = ..., agent_nickname: _Optional[str] = ..., agent_role: _Optional[str] = ..., sub_agent_kind: _Optional[str] = ..., model: _Optional[str] = ..., instructions: _Optional[str] = ...) -> None: ...
+    request_id: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, parent_id: _Optional[str] = ..., fork: _Optional[_Union[ForkOptions, _Mapping]] = ..., agent_nickname: _Optional[str] = ..., agent_role: _Optional[str] = ..., sub_agent_kind: _Optional[str] = ..., model: _Optional[str] = ..., instructions: _Optional[str] = ..., request_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SpawnThreadResponse(_message.Message):
     __slots__ = ("thread",)
@@ -197,16 +253,29 @@ class GetThreadResponse(_message.Message):
     def __init__(self, thread: _Optional[_Union[Thread, _Mapping]] = ...) -> None: ...
 
 class ListThreadsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "parent_id", "include_archived")
+    __slots__ = ("page_size", "page_token", "parent_id", "include_archived", "status", "metadata", "order_by")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_ARCHIVED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    ORDER_BY_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     parent_id: str
     include_archived: bool
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., parent_id: _Optional[str] = ..., include_archived: _Optional[bool] = ...) -> None: ...
+    status: ThreadStatus
+    metadata: _containers.ScalarMap[str, str]
+    order_by: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., parent_id: _Optional[str] = ..., include_archived: _Optional[bool] = ..., status: _Optional[_Union[ThreadStatus, str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., order_by: _Optional[str] = ...) -> None: ...
 
 class ListThreadsResponse(_message.Message):
     __slots__ = ("threads", "next_page_token")
@@ -215,6 +284,20 @@ class ListThreadsResponse(_message.Message):
     threads: _containers.RepeatedCompositeFieldContainer[Thread]
     next_page_token: str
     def __init__(self, threads: _Optional[_Iterable[_Union[Thread, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class UpdateThreadRequest(_message.Message):
+    __slots__ = ("thread", "update_mask")
+    THREAD_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    thread: Thread
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, thread: _Optional[_Union[Thread, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class UpdateThreadResponse(_message.Message):
+    __slots__ = ("thread",)
+    THREAD_FIELD_NUMBER: _ClassVar[int]
+    thread: Thread
+    def __init__(self, thread: _Optional[_Union[Thread, _Mapping]] = ...) -> None: ...
 
 class ListThreadItemsRequest(_message.Message):
     __slots__ = ("thread_id", "page_size", "page_token")
@@ -235,10 +318,12 @@ class ListThreadItemsResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.Item, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ArchiveThreadRequest(_message.Message):
-    __slots__ = ("thread_id",)
+    __slots__ = ("thread_id", "interrupt_running")
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPT_RUNNING_FIELD_NUMBER: _ClassVar[int]
     thread_id: str
-    def __init__(self, thread_id: _Optional[str] = ...) -> None: ...
+    interrupt_running: bool
+    def __init__(self, thread_id: _Optional[str] = ..., interrupt_running: _Optional[bool] = ...) -> None: ...
 
 class ArchiveThreadResponse(_message.Message):
     __slots__ = ("thread",)
@@ -246,15 +331,45 @@ class ArchiveThreadResponse(_message.Message):
     thread: Thread
     def __init__(self, thread: _Optional[_Union[Thread, _Mapping]] = ...) -> None: ...
 
+class UnarchiveThreadRequest(_message.Message):
+    __slots__ = ("thread_id",)
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    thread_id: str
+    def __init__(self, thread_id: _Optional[str] = ...) -> None: ...
+
+class UnarchiveThreadResponse(_message.Message):
+    __slots__ = ("thread",)
+    THREAD_FIELD_NUMBER: _ClassVar[int]
+    thread: Thread
+    def __init__(self, thread: _Optional[_Union[Thread, _Mapping]] = ...) -> None: ...
+
+class DeleteThreadRequest(_message.Message):
+    __slots__ = ("thread_id", "interrupt_running")
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPT_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    thread_id: str
+    interrupt_running: bool
+    def __init__(self, thread_id: _Optional[str] = ..., interrupt_running: _Optional[bool] = ...) -> None: ...
+
+class DeleteThreadResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class RunTurnRequest(_message.Message):
-    __slots__ = ("thread_id", "input", "tools")
+    __slots__ = ("thread_id", "input", "tools", "request_id", "on_disconnect", "when_busy")
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ON_DISCONNECT_FIELD_NUMBER: _ClassVar[int]
+    WHEN_BUSY_FIELD_NUMBER: _ClassVar[int]
     thread_id: str
     input: _containers.RepeatedCompositeFieldContainer[_common_pb2.Item]
     tools: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tool]
-    def __init__(self, thread_id: _Optional[str] = ..., input: _Optional[_Iterable[_Union[_common_pb2.Item, _Mapping]]] = ..., tools: _Optional[_Iterable[_Union[_common_pb2.Tool, _Mapping]]] = ...) -> None: ...
+    request_id: str
+    on_disconnect: DisconnectPolicy
+    when_busy: BusyPolicy
+    def __init__(self, thread_id: _Optional[str] = ..., input: _Optional[_Iterable[_Union[_common_pb2.Item, _Mapping]]] = ..., tools: _Optional[_Iterable[_Union[_common_pb2.Tool, _Mapping]]] = ..., request_id: _Optional[str] = ..., on_disconnect: _Optional[_Union[DisconnectPolicy, str]] = ..., when_busy: _Optional[_Union[BusyPolicy, str]] = ...) -> None: ...
 
 class TurnStarted(_message.Message):
     __slots__ = ("turn_id",)
@@ -263,34 +378,62 @@ class TurnStarted(_message.Message):
     def __init__(self, turn_id: _Optional[str] = ...) -> None: ...
 
 class TurnCompleted(_message.Message):
-    __slots__ = ("turn_id", "status", "usage", "pending_function_calls")
+    __slots__ = ("turn_id", "status", "usage", "pending_function_calls", "error")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     PENDING_FUNCTION_CALLS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     status: TurnStatus
     usage: _common_pb2.Usage
     pending_function_calls: _containers.RepeatedCompositeFieldContainer[_common_pb2.FunctionCall]
-    def __init__(self, turn_id: _Optional[str] = ..., status: _Optional[_Union[TurnStatus, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., pending_function_calls: _Optional[_Iterable[_Union[_common_pb2.FunctionCall, _Mapping]]] = ...) -> None: ...
+    error: _status_pb2.Status
+    def __init__(self, turn_id: _Optional[str] = ..., status: _Optional[_Union[TurnStatus, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., pending_function_calls: _Optional[_Iterable[_Union[_common_pb2.FunctionCall, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
-class RunTurnResponse(_message.Message):
-    __slots__ = ("turn_started", "text_delta", "item_done", "turn_completed")
+class TurnEvent(_message.Message):
+    __slots__ = ("sequence", "turn_started", "text_delta", "item_done", "turn_completed")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TURN_STARTED_FIELD_NUMBER: _ClassVar[int]
     TEXT_DELTA_FIELD_NUMBER: _ClassVar[int]
     ITEM_DONE_FIELD_NUMBER: _ClassVar[int]
     TURN_COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
     turn_started: TurnStarted
     text_delta: _common_pb2.TextDelta
     item_done: _common_pb2.ItemDone
     turn_completed: TurnCompleted
-    def __init__(self, turn_started: _Optional[_Union[TurnStarted, _Mapping]] = ..., text_delta: _Optional[_Union[_common_pb2.TextDelta, _Mapping]] = ..., item_done: _Optional[_Union[_common_pb2.ItemDone, _Mapping]] = ..., turn_completed: _Optional[_Union[TurnCompleted, _Mapping]] = ...) -> None: ...
+    def __init__(self, sequence: _Optional[int] = ..., turn_started: _Optional[_Union[TurnStarted, _Mapping]] = ..., text_delta: _Optional[_Union[_common_pb2.TextDelta, _Mapping]] = ..., item_done: _Optional[_Union[_common_pb2.ItemDone, _Mapping]] = ..., turn_completed: _Optional[_Union[TurnCompleted, _Mapping]] = ...) -> None: ...
+
+class RunTurnResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[TurnEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[TurnEvent, _Mapping]]] = ...) -> None: ...
+
+class WatchTurnRequest(_message.Message):
+    __slots__ = ("thread_id", "turn_id", "after_sequence")
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    thread_id: str
+    turn_id: str
+    after_sequence: int
+    def __init__(self, thread_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., after_sequence: _Optional[int] = ...) -> None: ...
+
+class WatchTurnResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[TurnEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[TurnEvent, _Mapping]]] = ...) -> None: ...
 
 class InterruptTurnRequest(_message.Message):
-    __slots__ = ("thread_id",)
+    __slots__ = ("thread_id", "turn_id")
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
     thread_id: str
-    def __init__(self, thread_id: _Optional[str] = ...) -> None: ...
+    turn_id: str
+    def __init__(self, thread_id: _Optional[str] = ..., turn_id: _Optional[str] = ...) -> None: ...
 
 class InterruptTurnResponse(_message.Message):
     __slots__ = ("turn_id",)
@@ -311,10 +454,10 @@ class Turn(_message.Message):
     thread_id: str
     status: TurnStatus
     usage: _common_pb2.Usage
-    error: _common_pb2.Error
+    error: _status_pb2.Status
     create_time: _timestamp_pb2.Timestamp
     complete_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., thread_id: _Optional[str] = ..., status: _Optional[_Union[TurnStatus, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., complete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., thread_id: _Optional[str] = ..., status: _Optional[_Union[TurnStatus, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., complete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListTurnsRequest(_message.Message):
     __slots__ = ("thread_id", "page_size", "page_token")

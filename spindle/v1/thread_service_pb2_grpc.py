@@ -27,7 +27,10 @@ if _version_not_supported:
 
 class ThreadServiceStub:
     """Durable AI-agent conversation threads: start, spawn, fork, resume, read,
-    archive, and run turns that stream the model's output.
+    update, archive and delete them, and run turns that stream the model's
+    output. Errors carry a google.rpc.Status with ErrorInfo (domain
+    "spindle.v1", a stable reason), RetryInfo when a retry can succeed, and
+    BadRequest naming a wrong field.
     """
 
     def __init__(self, channel):
@@ -61,6 +64,11 @@ class ThreadServiceStub:
                 request_serializer=spindle_dot_v1_dot_thread__service__pb2.ListThreadsRequest.SerializeToString,
                 response_deserializer=spindle_dot_v1_dot_thread__service__pb2.ListThreadsResponse.FromString,
                 _registered_method=True)
+        self.UpdateThread = channel.unary_unary(
+                '/spindle.v1.ThreadService/UpdateThread',
+                request_serializer=spindle_dot_v1_dot_thread__service__pb2.UpdateThreadRequest.SerializeToString,
+                response_deserializer=spindle_dot_v1_dot_thread__service__pb2.UpdateThreadResponse.FromString,
+                _registered_method=True)
         self.ListThreadItems = channel.unary_unary(
                 '/spindle.v1.ThreadService/ListThreadItems',
                 request_serializer=spindle_dot_v1_dot_thread__service__pb2.ListThreadItemsRequest.SerializeToString,
@@ -71,10 +79,25 @@ class ThreadServiceStub:
                 request_serializer=spindle_dot_v1_dot_thread__service__pb2.ArchiveThreadRequest.SerializeToString,
                 response_deserializer=spindle_dot_v1_dot_thread__service__pb2.ArchiveThreadResponse.FromString,
                 _registered_method=True)
+        self.UnarchiveThread = channel.unary_unary(
+                '/spindle.v1.ThreadService/UnarchiveThread',
+                request_serializer=spindle_dot_v1_dot_thread__service__pb2.UnarchiveThreadRequest.SerializeToString,
+                response_deserializer=spindle_dot_v1_dot_thread__service__pb2.UnarchiveThreadResponse.FromString,
+                _registered_method=True)
+        self.DeleteThread = channel.unary_unary(
+                '/spindle.v1.ThreadService/DeleteThread',
+                request_serializer=spindle_dot_v1_dot_thread__service__pb2.DeleteThreadRequest.SerializeToString,
+                response_deserializer=spindle_dot_v1_dot_thread__service__pb2.DeleteThreadResponse.FromString,
+                _registered_method=True)
         self.RunTurn = channel.unary_stream(
                 '/spindle.v1.ThreadService/RunTurn',
                 request_serializer=spindle_dot_v1_dot_thread__service__pb2.RunTurnRequest.SerializeToString,
                 response_deserializer=spindle_dot_v1_dot_thread__service__pb2.RunTurnResponse.FromString,
+                _registered_method=True)
+        self.WatchTurn = channel.unary_stream(
+                '/spindle.v1.ThreadService/WatchTurn',
+                request_serializer=spindle_dot_v1_dot_thread__service__pb2.WatchTurnRequest.SerializeToString,
+                response_deserializer=spindle_dot_v1_dot_thread__service__pb2.WatchTurnResponse.FromString,
                 _registered_method=True)
         self.InterruptTurn = channel.unary_unary(
                 '/spindle.v1.ThreadService/InterruptTurn',
@@ -90,7 +113,10 @@ class ThreadServiceStub:
 
 class ThreadServiceServicer:
     """Durable AI-agent conversation threads: start, spawn, fork, resume, read,
-    archive, and run turns that stream the model's output.
+    update, archive and delete them, and run turns that stream the model's
+    output. Errors carry a google.rpc.Status with ErrorInfo (domain
+    "spindle.v1", a stable reason), RetryInfo when a retry can succeed, and
+    BadRequest naming a wrong field.
     """
 
     def StartThread(self, request, context):
@@ -117,13 +143,22 @@ class ThreadServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetThread(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Reads one thread.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListThreads(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Lists the caller's threads, filtered and ordered, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateThread(self, request, context):
+        """Changes what may change of a thread: nickname, role, metadata, instructions.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -142,16 +177,38 @@ class ThreadServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UnarchiveThread(self, request, context):
+        """Makes an archived thread active again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteThread(self, request, context):
+        """Deletes a thread and what only it holds; items its forks share stay theirs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RunTurn(self, request, context):
         """Runs one turn: appends the input, calls the model and streams its events.
-        Cancelling the call interrupts the turn.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchTurn(self, request, context):
+        """Streams a running or finished turn's events from a sequence number on:
+        those already sent, then the live ones, so a client whose connection
+        dropped goes on without losing or repeating an event.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def InterruptTurn(self, request, context):
-        """Interrupts the turn running on a thread, if any.
+        """Interrupts a running turn, named by its id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,6 +249,11 @@ def add_ThreadServiceServicer_to_server(servicer, server):
                     request_deserializer=spindle_dot_v1_dot_thread__service__pb2.ListThreadsRequest.FromString,
                     response_serializer=spindle_dot_v1_dot_thread__service__pb2.ListThreadsResponse.SerializeToString,
             ),
+            'UpdateThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateThread,
+                    request_deserializer=spindle_dot_v1_dot_thread__service__pb2.UpdateThreadRequest.FromString,
+                    response_serializer=spindle_dot_v1_dot_thread__service__pb2.UpdateThreadResponse.SerializeToString,
+            ),
             'ListThreadItems': grpc.unary_unary_rpc_method_handler(
                     servicer.ListThreadItems,
                     request_deserializer=spindle_dot_v1_dot_thread__service__pb2.ListThreadItemsRequest.FromString,
@@ -202,10 +264,25 @@ def add_ThreadServiceServicer_to_server(servicer, server):
                     request_deserializer=spindle_dot_v1_dot_thread__service__pb2.ArchiveThreadRequest.FromString,
                     response_serializer=spindle_dot_v1_dot_thread__service__pb2.ArchiveThreadResponse.SerializeToString,
             ),
+            'UnarchiveThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnarchiveThread,
+                    request_deserializer=spindle_dot_v1_dot_thread__service__pb2.UnarchiveThreadRequest.FromString,
+                    response_serializer=spindle_dot_v1_dot_thread__service__pb2.UnarchiveThreadResponse.SerializeToString,
+            ),
+            'DeleteThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteThread,
+                    request_deserializer=spindle_dot_v1_dot_thread__service__pb2.DeleteThreadRequest.FromString,
+                    response_serializer=spindle_dot_v1_dot_thread__service__pb2.DeleteThreadResponse.SerializeToString,
+            ),
             'RunTurn': grpc.unary_stream_rpc_method_handler(
                     servicer.RunTurn,
                     request_deserializer=spindle_dot_v1_dot_thread__service__pb2.RunTurnRequest.FromString,
                     response_serializer=spindle_dot_v1_dot_thread__service__pb2.RunTurnResponse.SerializeToString,
+            ),
+            'WatchTurn': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTurn,
+                    request_deserializer=spindle_dot_v1_dot_thread__service__pb2.WatchTurnRequest.FromString,
+                    response_serializer=spindle_dot_v1_dot_thread__service__pb2.WatchTurnResponse.SerializeToString,
             ),
             'InterruptTurn': grpc.unary_unary_rpc_method_handler(
                     servicer.InterruptTurn,
@@ -227,7 +304,10 @@ def add_ThreadServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ThreadService:
     """Durable AI-agent conversation threads: start, spawn, fork, resume, read,
-    archive, and run turns that stream the model's output.
+    update, archive and delete them, and run turns that stream the model's
+    output. Errors carry a google.rpc.Status with ErrorInfo (domain
+    "spindle.v1", a stable reason), RetryInfo when a retry can succeed, and
+    BadRequest naming a wrong field.
     """
 
     @staticmethod
@@ -366,6 +446,33 @@ class ThreadService:
             _registered_method=True)
 
     @staticmethod
+    def UpdateThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spindle.v1.ThreadService/UpdateThread',
+            spindle_dot_v1_dot_thread__service__pb2.UpdateThreadRequest.SerializeToString,
+            spindle_dot_v1_dot_thread__service__pb2.UpdateThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListThreadItems(request,
             target,
             options=(),
@@ -420,6 +527,60 @@ class ThreadService:
             _registered_method=True)
 
     @staticmethod
+    def UnarchiveThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spindle.v1.ThreadService/UnarchiveThread',
+            spindle_dot_v1_dot_thread__service__pb2.UnarchiveThreadRequest.SerializeToString,
+            spindle_dot_v1_dot_thread__service__pb2.UnarchiveThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spindle.v1.ThreadService/DeleteThread',
+            spindle_dot_v1_dot_thread__service__pb2.DeleteThreadRequest.SerializeToString,
+            spindle_dot_v1_dot_thread__service__pb2.DeleteThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def RunTurn(request,
             target,
             options=(),
@@ -436,6 +597,33 @@ class ThreadService:
             '/spindle.v1.ThreadService/RunTurn',
             spindle_dot_v1_dot_thread__service__pb2.RunTurnRequest.SerializeToString,
             spindle_dot_v1_dot_thread__service__pb2.RunTurnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTurn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/spindle.v1.ThreadService/WatchTurn',
+            spindle_dot_v1_dot_thread__service__pb2.WatchTurnRequest.SerializeToString,
+            spindle_dot_v1_dot_thread__service__pb2.WatchTurnResponse.FromString,
             options,
             channel_credentials,
             insecure,

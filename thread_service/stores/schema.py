@@ -95,6 +95,56 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX IF NOT EXISTS threads_by_tenant_parent
         ON threads (tenant, parent_id, created_at, id);
     """,
+    # 4: the v1 API for clients on unreliable networks. Items carry their
+    # creation time; a turn knows where its items end, its error's details,
+    # and its events (so a client can follow it again); request ids make
+    # retries safe; a spawn call makes one child; threads have labels, can
+    # be deleted (a thread whose items forks still read stays as a tombstone)
+    # and listed by update time.
+    """
+    ALTER TABLE items ADD COLUMN created_at DOUBLE PRECISION NOT NULL DEFAULT 0;
+    UPDATE items SET created_at = COALESCE(
+        (SELECT turns.created_at FROM turns WHERE turns.id = items.turn_id), 0);
+    ALTER TABLE turns ADD COLUMN end_seq BIGINT;
+    UPDATE turns SET end_seq = COALESCE(
+        (SELECT MIN(later.first_seq) FROM turns later
+         WHERE later.thread_id = turns.thread_id AND later.first_seq > turns.first_seq),
+        (SELECT threads.item_count FROM threads WHERE threads.id = turns.thread_id))
+        WHERE status <> 'running';
+    ALTER TABLE turns ADD COLUMN error_reason TEXT;
+    ALTER TABLE turns ADD COLUMN error_metadata TEXT;
+    ALTER TABLE turns ADD COLUMN error_retry_after DOUBLE PRECISION;
+    CREATE TABLE IF NOT EXISTS turn_events (
+        turn_id TEXT NOT NULL REFERENCES turns(id),
+        seq BIGINT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (turn_id, seq)
+    );
+    CREATE TABLE IF NOT EXISTS requests (
+        tenant TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        method TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        thread_id TEXT,
+        turn_id TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (tenant, request_id)
+    );
+    CREATE INDEX IF NOT EXISTS requests_by_age ON requests (created_at);
+    ALTER TABLE threads ADD COLUMN spawn_fingerprint TEXT NOT NULL DEFAULT '';
+    CREATE INDEX IF NOT EXISTS threads_by_spawn_call
+        ON threads (parent_id, parent_spawn_call_id);
+    CREATE TABLE IF NOT EXISTS thread_labels (
+        thread_id TEXT NOT NULL REFERENCES threads(id),
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (thread_id, key)
+    );
+    CREATE INDEX IF NOT EXISTS labels_by_pair ON thread_labels (key, value, thread_id);
+    ALTER TABLE threads ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX IF NOT EXISTS threads_by_tenant_update ON threads (tenant, updated_at, id);
+    CREATE INDEX IF NOT EXISTS segments_by_source ON segments (source_thread_id, from_seq);
+    """,
 )
 
 VERSION = len(MIGRATIONS)

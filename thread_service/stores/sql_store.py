@@ -6,9 +6,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from spindle.items import Item
 from spindle.model import Usage
-from thread_service.records import Entry, ThreadRecord, TurnError, TurnRecord, TurnStatus
+from thread_service.records import (
+    Entry,
+    RequestKey,
+    StoredItem,
+    ThreadRecord,
+    TurnError,
+    TurnRecord,
+    TurnStatus,
+)
 from thread_service.store import ForkSource, ThreadFilter
 from thread_service.stores import operations as ops
 from thread_service.stores.operations import Script, T
@@ -31,11 +38,21 @@ class SqlStore:
     async def close(self) -> None:
         raise NotImplementedError
 
-    async def create_thread(self, thread: ThreadRecord) -> None:
-        await self._run(ops.create_thread(thread))
+    async def create_thread(
+        self, thread: ThreadRecord, request: RequestKey | None = None
+    ) -> ThreadRecord:
+        return await self._run(ops.create_thread(thread, request, self.clock()))
 
-    async def create_fork(self, child: ThreadRecord, source: ForkSource) -> None:
-        await self._run(ops.create_fork(child, source))
+    async def create_fork(
+        self,
+        child: ThreadRecord,
+        source: ForkSource,
+        request: RequestKey | None = None,
+        spawn_fingerprint: str = "",
+    ) -> ThreadRecord:
+        return await self._run(
+            ops.create_fork(child, source, request, spawn_fingerprint, self.clock())
+        )
 
     async def get_thread(self, thread_id: str) -> ThreadRecord | None:
         return await self._run(ops.get_thread(thread_id))
@@ -43,21 +60,36 @@ class SqlStore:
     async def update_thread(self, thread: ThreadRecord) -> None:
         await self._run(ops.update_thread(thread))
 
+    async def delete_thread(self, thread_id: str) -> None:
+        await self._run(ops.delete_thread(thread_id))
+
     async def list_threads(
         self, which: ThreadFilter, after: tuple[float, str] | None, limit: int
     ) -> list[ThreadRecord]:
         return await self._run(ops.list_threads(which, after, limit))
 
     async def read_history(
-        self, thread_id: str, offset: int = 0, limit: int | None = None
-    ) -> list[Item]:
-        return await self._run(ops.read_history(thread_id, offset, limit))
+        self,
+        thread_id: str,
+        offset: int = 0,
+        limit: int | None = None,
+        *,
+        version: int | None = None,
+    ) -> list[StoredItem]:
+        return await self._run(ops.read_history(thread_id, offset, limit, version))
 
     async def history_length(self, thread_id: str) -> int:
         return await self._run(ops.history_length(thread_id))
 
-    async def begin_turn(self, turn: TurnRecord, input_items: Sequence[Entry]) -> None:
-        await self._run(ops.begin_turn(turn, input_items, self.clock()))
+    async def begin_turn(
+        self,
+        turn: TurnRecord,
+        input_items: Sequence[Entry],
+        *,
+        request: RequestKey | None = None,
+        version: int | None = None,
+    ) -> tuple[TurnRecord, bool]:
+        return await self._run(ops.begin_turn(turn, input_items, self.clock(), request, version))
 
     async def finish_turn(
         self,
@@ -66,10 +98,17 @@ class SqlStore:
         usage: Usage,
         error: TurnError | None,
         output_items: Sequence[Entry],
+        events: Sequence[tuple[int, str]] = (),
     ) -> TurnRecord:
         return await self._run(
-            ops.finish_turn(turn_id, status, usage, error, output_items, self.clock())
+            ops.finish_turn(turn_id, status, usage, error, output_items, events, self.clock())
         )
+
+    async def append_events(self, turn_id: str, events: Sequence[tuple[int, str]]) -> None:
+        await self._run(ops.append_events(turn_id, events))
+
+    async def read_events(self, turn_id: str, after: int = 0) -> list[tuple[int, str]]:
+        return await self._run(ops.read_events(turn_id, after))
 
     async def get_turn(self, turn_id: str) -> TurnRecord | None:
         return await self._run(ops.get_turn(turn_id))
@@ -80,8 +119,11 @@ class SqlStore:
     async def list_turns(self, thread_id: str, offset: int, limit: int) -> list[TurnRecord]:
         return await self._run(ops.list_turns(thread_id, offset, limit))
 
-    async def request_interrupt(self, thread_id: str, reason: str) -> TurnRecord | None:
-        return await self._run(ops.request_interrupt(thread_id, reason))
+    async def request_interrupt(self, turn_id: str, reason: str) -> bool:
+        return await self._run(ops.request_interrupt(turn_id, reason))
+
+    async def find_request(self, request: RequestKey) -> tuple[str, str] | None:
+        return await self._run(ops.find_request(request))
 
     async def interrupts_requested(self, owner: str) -> list[tuple[str, str]]:
         return await self._run(ops.interrupts_requested(owner))
@@ -95,3 +137,6 @@ class SqlStore:
                 reason, self.clock(), lease=lease, alive=alive, exclusive=self.exclusive
             )
         )
+
+    async def forget_requests(self, older_than: float) -> int:
+        return await self._run(ops.forget_requests(self.clock() - older_than))
