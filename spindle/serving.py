@@ -21,9 +21,8 @@ from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from spindle import settings, tls
+from spindle import reflection, settings, tls
 from spindle.edge import Edge
 from spindle.errors import StartupError
 from spindle.settings import ServiceSettings
@@ -141,9 +140,7 @@ async def start(
     service.register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [*service.names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    reflection.enable([*service.names, health.SERVICE_NAME], server)
     running = RunningServer(server, health_servicer, service)
     try:
         if credentials is None:

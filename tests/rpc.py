@@ -11,6 +11,8 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from spindle.v1 import common_pb2 as c
 from spindle.v1 import thread_service_pb2 as pb
@@ -42,11 +44,11 @@ def turn(
     thread_id: str,
     *input_items: c.Item,
     tools: list[c.Tool] | None = None,
+    **fields: Any,
 ) -> list[pb.TurnEvent]:
     """Run a turn; its events in order (however they were batched)."""
-    return events_of(
-        stub.RunTurn(pb.RunTurnRequest(thread_id=thread_id, input=input_items, tools=tools))
-    )
+    request = pb.RunTurnRequest(thread_id=thread_id, input=input_items, tools=tools, **fields)
+    return events_of(stub.RunTurn(request))
 
 
 def events_of(responses: Iterable[pb.RunTurnResponse | pb.WatchTurnResponse]) -> list[pb.TurnEvent]:
@@ -94,3 +96,24 @@ def assert_kept_only_input(
             assert recorded.error.code == error_code.value[0]
     items = stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=thread_id)).items
     assert [i.message.text for i in items] == [text]
+
+
+def error_details(error: grpc.RpcError) -> tuple[str, dict[str, str], float | None, list[str]]:
+    """What a failed call carries for a program: the ErrorInfo reason and
+    metadata, the RetryInfo delay, and the fields BadRequest names."""
+    status = rpc_status.from_call(error)
+    reason, metadata, retry, fields = "", {}, None, []
+    for detail in status.details if status is not None else ():
+        info, delay, bad = (
+            error_details_pb2.ErrorInfo(),
+            error_details_pb2.RetryInfo(),
+            error_details_pb2.BadRequest(),
+        )
+        if detail.Unpack(info):
+            assert info.domain == "spindle.v1"
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Unpack(delay):
+            retry = delay.retry_delay.ToNanoseconds() / 1e9
+        elif detail.Unpack(bad):
+            fields = [violation.field for violation in bad.field_violations]
+    return reason, metadata, retry, fields

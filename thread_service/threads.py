@@ -93,7 +93,9 @@ class Threads:
         thread = await self.store.get_thread(thread_id)
         if thread is None or thread.tenant != caller.tenant:
             what = "parent thread" if field == "parent_id" else "thread"
-            raise NotFound(f"{what} {thread_id} does not exist", field=field)
+            raise NotFound(
+                f"{what} {thread_id} does not exist", reason="THREAD_NOT_FOUND", field=field
+            )
         return thread
 
     def _check_settings(

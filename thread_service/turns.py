@@ -287,6 +287,11 @@ class Turns:
             turn = await self.store.get_turn(turn_id) or turn
         if turn.status is TurnStatus.FAILED and turn.error is not None:
             raise events.failure_of(turn.error)
+        if not completed and seen:  # the caller may have had the last event already
+            last = await self.store.read_events(turn_id, seen - 1)
+            completed = bool(last) and isinstance(
+                events.decode(*last[-1]).payload, TurnCompleted
+            )
         if not completed:  # ended without its last event kept (its replica died)
             ending = TurnCompleted(turn.id, turn.status, turn.usage, (), turn.error)
             yield [TurnEvent(seen + 1, ending)]
