@@ -30,6 +30,7 @@ from spindle.v1 import thread_service_pb2 as tpb
 from tests.harness import LoopThread, Stack, start_stack, wait_until
 from tests.rpc import (
     assert_kept_only_input,
+    error_details,
     fork,
     only_turn,
     raises_status,
@@ -220,6 +221,25 @@ def test_an_upstream_outage_fails_the_turn_and_keeps_the_input(
         status=tpb.TURN_STATUS_FAILED,
         error_code=grpc.StatusCode.UNAVAILABLE,
     )
+
+
+def test_a_providers_retry_after_reaches_the_client_and_the_turn_record(
+    gateway: Stack, upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    # Longer than backoff_max: the gateway does not wait; the client may.
+    upstream.script(error_reply(429, "slow down", retry_after="30"))
+    stub = gateway.threads
+    root = start(stub, tmp_path, model="gpt-test")
+    with raises_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down") as info:
+        turn(stub, root.id, user("now?"))
+    reason, metadata, retry, _ = error_details(info.value)
+    assert reason == "PROVIDER_ERROR"
+    assert (metadata["http_status"], metadata["provider"]) == ("429", "local")
+    assert retry == 30.0
+    recorded = only_turn(stub, root.id)
+    assert recorded.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    kinds = {detail.type_url.rsplit(".", 1)[-1] for detail in recorded.error.details}
+    assert kinds == {"ErrorInfo", "RetryInfo"}
 
 
 @pytest.mark.anyio

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from spindle import items
-from spindle.errors import ErrorCode, FailedPrecondition, NotFound, StartupError
+from spindle.errors import ErrorCode, FailedPrecondition, InvalidArgument, NotFound, StartupError
 from spindle.model import Usage
 from thread_service.inheritance import InheritedThreadState
 from thread_service.records import (
     Entry,
     Origin,
+    RequestKey,
     ThreadRecord,
     TrustSource,
     TrustState,
@@ -502,3 +503,18 @@ async def test_a_second_process_cannot_open_the_same_sqlite_database(tmp_path: P
         assert oct(path.parent.stat().st_mode & 0o777) == oct(0o700)
     finally:
         await store.close()
+
+
+async def test_request_ids_act_once_until_forgotten(opener: Opener) -> None:
+    clock = Clock(1_000.0)
+    store = await opener(clock)
+    key = RequestKey("", "40000000-0000-4000-8000-000000000001", "StartThread", "fingerprint-a")
+    first = thread()
+    assert await store.create_thread(first, key) == first
+    second = thread(id="10000000-0000-4000-8000-000000000002")
+    assert await store.create_thread(second, key) == first  # the retry acts once
+    with pytest.raises(InvalidArgument, match="request_id"):
+        await store.create_thread(second, dataclasses.replace(key, fingerprint="fingerprint-b"))
+    clock.now = 1_000.0 + 86_401
+    assert await store.forget_requests(86_400) == 1
+    assert await store.create_thread(second, key) == second  # too late to be a retry

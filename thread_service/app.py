@@ -71,6 +71,7 @@ async def build(settings: ThreadServiceSettings) -> Service:
         lease=settings.turn_lease,
         interrupt=turns.interrupt_turn,
         has_turns=turns.has_running,
+        request_ttl=settings.request_id_ttl,
     )
     turns.owner = replica.id
     await replica.start()

@@ -37,12 +37,14 @@ class Replica:
         lease: float,
         interrupt: Callable[[str, str], None],
         has_turns: Callable[[], bool],
+        request_ttl: float = 86400.0,
     ) -> None:
         self.id = str(uuid.uuid4())
         self.store = store
         self.lease = lease
         self._interrupt = interrupt
         self._has_turns = has_turns
+        self.request_ttl = request_ttl
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -55,6 +57,16 @@ class Replica:
                 asyncio.create_task(self._keep_lease()),
                 asyncio.create_task(self._watch_interrupts()),
             ]
+        self._tasks.append(asyncio.create_task(self._forget_old_requests()))
+
+    async def _forget_old_requests(self) -> None:
+        """Drop request ids past their time, now and every tenth of it."""
+        while True:
+            try:
+                await self.store.forget_requests(self.request_ttl)
+            except SpindleError as exc:
+                log.warning("could not drop old request ids: %s", exc.message)
+            await asyncio.sleep(min(self.request_ttl / 10, 600.0))
 
     async def _probe(self) -> None:
         """While the store cannot write, try a small write every second, so

@@ -106,6 +106,11 @@ class ThreadServiceSettings(ServiceSettings):
         "SPINDLE_RATE_LIMIT_TOKENS",
         "model tokens (input and output) a principal may use a minute (0: no limit)",
     )
+    request_id_ttl: float = setting(
+        86400.0,
+        "SPINDLE_REQUEST_ID_TTL",
+        "seconds a request id is kept: retries within it act once",
+    )
     turn_lease: float = setting(
         6.0,
         "SPINDLE_TURN_LEASE",
@@ -144,6 +149,8 @@ class ThreadServiceSettings(ServiceSettings):
             raise SettingsError("need 1 <= store_pool_min <= store_pool_max <= 1000")
         if not 0 < self.store_timeout <= 600:
             raise SettingsError("store_timeout must be within 0..600 seconds")
+        if not 60 <= self.request_id_ttl <= 30 * 86400:
+            raise SettingsError("request_id_ttl must be within 60 seconds and 30 days")
         if not 0.3 <= self.turn_lease <= 3600:
             raise SettingsError("turn_lease must be within 0.3..3600 seconds")
         if bool(self.model_service_tls_cert) != bool(self.model_service_tls_key):
