@@ -73,7 +73,8 @@ def test_long_values_are_invalid_argument_with_a_short_message(
     long = KINDS[kind] * LONG
     with grpc.insecure_channel(target.thread.address) as channel:
         stub = pb_grpc.ThreadServiceStub(channel)
-        thread_id = target.pool.thread(0)
+        # A thread of its own: the fuzzer may have archived any other.
+        thread_id = start(stub, Path(target.pool.cwd)).id
         attempts: list[Callable[[], object]] = [
             lambda: stub.GetThread(pb.GetThreadRequest(thread_id=long), timeout=10),
             lambda: stub.SpawnThread(pb.SpawnThreadRequest(parent_id=long), timeout=10),
