@@ -1,0 +1,451 @@
+"""Crash test: kill -9 the services while clients run turns, restart them on
+the same data, and count what a crash cost.
+
+Several client threads run turns on threads of their own. A turn counts as
+acknowledged only when its client received `turn_completed` with COMPLETED;
+its input and answer must then be in the thread's history, the answer right
+after the input, whatever was killed later (else the turn is *lost*). Rounds
+alternate: kill -9 the thread-service, or the model-service, at a random
+moment while turns run, then start it again on the same port and data (a
+thread-service ends, as it starts, the turns its killed predecessor left
+running). At the end every thread must take a new turn within a bound (else
+it is *wedged*: RunTurn keeps answering "already running").
+
+    python -m tests.crash --kills 20 [--clients 4] [--store postgres] [--seed N]
+
+kills each service `--kills` times, prints a table of the rounds and the
+totals, and exits 1 if a turn was lost or a thread wedged.
+tests/test_crash.py runs a short form.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import secrets
+import signal
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import grpc
+import psycopg
+
+from spindle.v1 import common_pb2 as c
+from spindle.v1 import thread_service_pb2 as pb
+from spindle.v1 import thread_service_pb2_grpc as pb_grpc
+from tests.harness import ServiceProcess, thread_process
+
+# Clients retry at once against a service that is back, rather than after
+# gRPC's default reconnect backoff (up to two minutes).
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+TURN_DEADLINE = 30.0
+# How long a thread may keep answering "already running" after the last restart.
+WEDGE_BOUND = 30.0
+# How long a round waits for a turn to be acknowledged after a restart.
+PROGRESS_BOUND = 60.0
+
+
+@dataclass(frozen=True)
+class Acknowledged:
+    thread_id: str
+    input_text: str
+    answer: str
+
+
+@dataclass
+class Tally:
+    """What the clients saw, shared between their threads."""
+
+    acknowledged: list[Acknowledged] = field(default_factory=list)
+    attempted: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    threads: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def acked(self) -> int:
+        with self.lock:
+            return len(self.acknowledged)
+
+
+@dataclass
+class Round:
+    killed: str
+    after_seconds: float
+    acked_before: int
+    down_seconds: float = 0.0
+    # From the restart to the next acknowledged turn.
+    recovery_seconds: float = 0.0
+
+
+class Services:
+    """A model-service and a thread-service that can be killed and started
+    again on the same ports and data."""
+
+    def __init__(self, tmp: Path, store: Sequence[str]) -> None:
+        self.tmp = tmp
+        self.store = list(store)
+        self.logs: list[ServiceProcess] = []
+        self.model = self._start_model("127.0.0.1:0")
+        self.model_listen = self.model.address
+        try:
+            self.thread = self._start_thread("127.0.0.1:0")
+        except BaseException:
+            self.model.stop()
+            raise
+        self.thread_listen = self.thread.address
+
+    def _start_model(self, listen: str) -> ServiceProcess:
+        process = ServiceProcess(
+            "model_service", ["--listen", listen, "--config-home", str(self.tmp / "model-home")]
+        )
+        self.logs.append(process)
+        _ = process.port
+        return process
+
+    def _start_thread(self, listen: str) -> ServiceProcess:
+        process = thread_process(
+            self.model_listen,
+            self.tmp / "data",
+            self.tmp / "home",
+            "--listen",
+            listen,
+            # On PostgreSQL a killed replica's turns end after its lease: soon.
+            "--turn-lease",
+            "1",
+            *self.store,
+        )
+        self.logs.append(process)
+        _ = process.port
+        return process
+
+    def kill_and_restart(self, which: str, pause: float) -> float:
+        """kill -9 one service, wait `pause`, start it again; seconds it was down."""
+        process = self.thread if which == "thread-service" else self.model
+        killed = time.monotonic()
+        process.stop(signal.SIGKILL)
+        time.sleep(pause)
+        if which == "thread-service":
+            self.thread = self._start_thread(self.thread_listen)
+        else:
+            self.model = self._start_model(self.model_listen)
+        return time.monotonic() - killed
+
+    def stop(self) -> None:
+        self.thread.stop()
+        self.model.stop()
+
+    def tracebacks(self) -> int:
+        return sum(process.log_text().count("Traceback") for process in self.logs)
+
+
+@contextmanager
+def store_arguments(store: str) -> Iterator[list[str]]:
+    """thread-service flags for `store`: `sqlite` (the default file in the data
+    folder), `postgres` (a fresh database on SPINDLE_TEST_POSTGRES, dropped
+    afterwards) or a store URL."""
+    if store == "sqlite":
+        yield []
+        return
+    if store != "postgres":
+        yield ["--store", store]
+        return
+    server = os.environ.get("SPINDLE_TEST_POSTGRES", "")
+    if not server:
+        raise SystemExit(
+            "--store postgres needs SPINDLE_TEST_POSTGRES (scripts/postgres-test-server)"
+        )
+    name = f"spindle_fuzz_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield ["--store", urllib.parse.urlsplit(server)._replace(path=f"/{name}").geturl()]
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _user(text: str) -> c.Item:
+    return c.Item(message=c.Message(role=c.ROLE_USER, text=text))
+
+
+def run_turn(
+    stub: pb_grpc.ThreadServiceStub, thread_id: str, text: str
+) -> tuple[str, pb.TurnCompleted | None]:
+    """The answer's text and the turn's end as the client received them."""
+    answer = ""
+    request = pb.RunTurnRequest(thread_id=thread_id, input=[_user(text)])
+    for event in stub.RunTurn(request, timeout=TURN_DEADLINE):
+        if event.HasField("item_done") and event.item_done.item.HasField("message"):
+            answer = event.item_done.item.message.text
+        if event.HasField("turn_completed"):
+            return answer, event.turn_completed
+    return answer, None
+
+
+class Client(threading.Thread):
+    """Runs turns on threads of its own until told to stop."""
+
+    def __init__(self, number: int, address: str, cwd: Path, tally: Tally, seed: int) -> None:
+        super().__init__(name=f"crash-client-{number}", daemon=True)
+        self.number = number
+        self.address = address
+        self.cwd = cwd
+        self.tally = tally
+        self.random = random.Random(seed)
+        self.stopping = threading.Event()
+        self.thread_ids: list[str] = []
+
+    def run(self) -> None:
+        with grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS) as channel:
+            stub = pb_grpc.ThreadServiceStub(channel)
+            count = 0
+            while not self.stopping.is_set():
+                count += 1
+                try:
+                    self._step(stub, count)
+                except grpc.RpcError as error:
+                    with self.tally.lock:
+                        name = error.code().name
+                        self.tally.failed[name] = self.tally.failed.get(name, 0) + 1
+                    time.sleep(0.05)
+
+    def _step(self, stub: pb_grpc.ThreadServiceStub, count: int) -> None:
+        if len(self.thread_ids) < 2 or self.random.random() < 0.05:
+            started = stub.StartThread(pb.StartThreadRequest(cwd=str(self.cwd)), timeout=10)
+            self.thread_ids.append(started.thread.id)
+            with self.tally.lock:
+                self.tally.threads.add(started.thread.id)
+            return
+        thread_id = self.random.choice(self.thread_ids)
+        words = f"client {self.number} turn {count}"
+        # Some turns stream slowly, so that kills land in the middle of turns.
+        slow = self.random.choice(["", "", "/slow 0.1 ", "/slow 0.3 "])
+        with self.tally.lock:
+            self.tally.attempted += 1
+        answer, completed = run_turn(stub, thread_id, slow + words)
+        if completed is not None and completed.status == pb.TURN_STATUS_COMPLETED:
+            with self.tally.lock:
+                self.tally.acknowledged.append(Acknowledged(thread_id, slow + words, answer))
+
+
+def history(stub: pb_grpc.ThreadServiceStub, thread_id: str) -> list[c.Item]:
+    found: list[c.Item] = []
+    token = ""
+    while True:
+        page = stub.ListThreadItems(
+            pb.ListThreadItemsRequest(thread_id=thread_id, page_size=1000, page_token=token),
+            timeout=30,
+        )
+        found.extend(page.items)
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+def lost_turns(stub: pb_grpc.ThreadServiceStub, acknowledged: list[Acknowledged]) -> list[str]:
+    """Acknowledged turns whose input, with the answer right after it, is not in the history."""
+    texts: dict[str, list[str]] = {}
+    lost = []
+    for turn in acknowledged:
+        if turn.thread_id not in texts:
+            texts[turn.thread_id] = [item.message.text for item in history(stub, turn.thread_id)]
+        items = texts[turn.thread_id]
+        where = [i for i, text in enumerate(items) if text == turn.input_text]
+        if len(where) != 1 or items[where[0] + 1 : where[0] + 2] != [turn.answer]:
+            lost.append(f"{turn.thread_id}: {turn.input_text!r} -> {turn.answer!r}")
+    return lost
+
+
+def recorded_turns(stub: pb_grpc.ThreadServiceStub, thread_ids: set[str]) -> Counter[str]:
+    """How the service recorded the threads' turns: status, and why one did not complete."""
+    counts: Counter[str] = Counter()
+    for thread_id in thread_ids:
+        token = ""
+        while True:
+            page = stub.ListTurns(
+                pb.ListTurnsRequest(thread_id=thread_id, page_size=1000, page_token=token),
+                timeout=30,
+            )
+            for turn in page.turns:
+                status = pb.TurnStatus.Name(turn.status).removeprefix("TURN_STATUS_")
+                why = f" ({turn.error.message})" if turn.error.message else ""
+                counts[status + why[:70]] += 1
+            token = page.next_page_token
+            if not token:
+                break
+    return counts
+
+
+def wedged_threads(stub: pb_grpc.ThreadServiceStub, thread_ids: set[str]) -> list[str]:
+    """Threads that take no new turn within WEDGE_BOUND seconds."""
+    wedged = []
+    deadline = time.monotonic() + WEDGE_BOUND
+    for thread_id in sorted(thread_ids):
+        while True:
+            try:
+                _, completed = run_turn(stub, thread_id, "after the crashes")
+                if completed is not None and completed.status == pb.TURN_STATUS_COMPLETED:
+                    break
+                problem = f"ended {completed}"
+            except grpc.RpcError as error:
+                problem = f"{error.code().name}: {error.details()}"
+            if time.monotonic() > deadline:
+                wedged.append(f"{thread_id}: {problem}")
+                break
+            time.sleep(0.2)
+    return wedged
+
+
+@dataclass
+class Result:
+    rounds: list[Round]
+    tally: Tally
+    lost: list[str]
+    wedged: list[str]
+    recorded: Counter[str]
+    tracebacks: int
+    seconds: float
+    seed: int
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.lost or self.wedged)
+
+    def kills(self, which: str) -> int:
+        return sum(1 for r in self.rounds if r.killed == which)
+
+    def table(self) -> str:
+        lines = [
+            "round  killed          after (s)  down (s)  next ack (s)  acknowledged before",
+            "-----  --------------  ---------  --------  ------------  -------------------",
+        ]
+        for number, r in enumerate(self.rounds, 1):
+            lines.append(
+                f"{number:>5}  {r.killed:<14}  {r.after_seconds:>9.2f}  "
+                f"{r.down_seconds:>8.2f}  {r.recovery_seconds:>12.2f}  {r.acked_before:>19}"
+            )
+        failures = ", ".join(f"{k} {v}" for k, v in sorted(self.tally.failed.items())) or "none"
+        lines += [
+            "",
+            f"seed {self.seed}: {self.seconds:.0f} s, kills: thread-service "
+            f"{self.kills('thread-service')}, model-service {self.kills('model-service')}",
+            f"turns: attempted {self.tally.attempted}, acknowledged "
+            f"{len(self.tally.acknowledged)}; calls that failed: {failures}",
+            f"threads: {len(self.tally.threads)}; tracebacks in the logs: {self.tracebacks}",
+            "turns as recorded (before the wedge check):",
+            *(f"  {n:>6}  {what}" for what, n in self.recorded.most_common()),
+            "",
+            "what                      count  goal",
+            "------------------------  -----  ----",
+            f"acknowledged turns lost   {len(self.lost):>5}     0",
+            f"wedged threads            {len(self.wedged):>5}     0",
+        ]
+        lines += [f"lost: {x}" for x in self.lost[:10]] + [f"wedged: {x}" for x in self.wedged[:10]]
+        return "\n".join(lines)
+
+
+@contextmanager
+def clients_running(
+    count: int, address: str, cwd: Path, tally: Tally, seed: int
+) -> Iterator[list[Client]]:
+    clients = [Client(n, address, cwd, tally, seed * 1000 + n) for n in range(count)]
+    for client in clients:
+        client.start()
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            client.stopping.set()
+        for client in clients:
+            client.join(TURN_DEADLINE + 10)
+
+
+def wait_for_progress(tally: Tally, since: int) -> float:
+    """Until a turn past the first `since` is acknowledged (or PROGRESS_BOUND); seconds."""
+    started = time.monotonic()
+    while tally.acked() <= since and time.monotonic() < started + PROGRESS_BOUND:
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def crash(
+    tmp: Path, *, kills: int, clients: int = 4, seed: int = 0, store: Sequence[str] = ()
+) -> Result:
+    """`kills` rounds for each service, alternating; then count lost and wedged."""
+    rng = random.Random(seed)
+    tally = Tally()
+    rounds: list[Round] = []
+    started = time.monotonic()
+    cwd = tmp / "work"
+    cwd.mkdir(parents=True, exist_ok=True)
+    services = Services(tmp, store)
+    try:
+        with clients_running(clients, services.thread_listen, cwd, tally, seed):
+            wait_for_progress(tally, 0)
+            for number in range(2 * kills):
+                which = "thread-service" if number % 2 == 0 else "model-service"
+                after = rng.uniform(0.05, 1.0)
+                time.sleep(after)
+                current = Round(which, after, tally.acked())
+                current.down_seconds = services.kill_and_restart(which, rng.uniform(0, 0.5))
+                current.recovery_seconds = wait_for_progress(tally, tally.acked())
+                rounds.append(current)
+        with grpc.insecure_channel(services.thread_listen, options=CHANNEL_OPTIONS) as channel:
+            stub = pb_grpc.ThreadServiceStub(channel)
+            lost = lost_turns(stub, tally.acknowledged)
+            recorded = recorded_turns(stub, tally.threads)
+            wedged = wedged_threads(stub, tally.threads)
+    finally:
+        services.stop()
+    return Result(
+        rounds,
+        tally,
+        lost,
+        wedged,
+        recorded,
+        services.tracebacks(),
+        time.monotonic() - started,
+        seed,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.crash", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--kills", type=int, default=20, help="kill -9 of each service")
+    parser.add_argument("--clients", type=int, default=4, help="client threads running turns")
+    parser.add_argument("--seed", type=int, default=None, help="the kill schedule's seed")
+    parser.add_argument(
+        "--store",
+        default="sqlite",
+        help="sqlite (default), postgres (a fresh database on SPINDLE_TEST_POSTGRES) or a URL",
+    )
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else secrets.randbits(32)
+    print(f"crash: seed {seed}, {args.kills} kills of each service, store {args.store}", flush=True)
+    with (
+        TemporaryDirectory(prefix="spindle-crash-") as tmp,
+        store_arguments(args.store) as store,
+    ):
+        result = crash(Path(tmp), kills=args.kills, clients=args.clients, seed=seed, store=store)
+    print(result.table())
+    return 1 if result.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
