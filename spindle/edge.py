@@ -73,7 +73,7 @@ class Edge(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or details.method.startswith(OPEN_PREFIXES):
+        if handler is None:
             return handler
         decode = handler.request_deserializer
 
@@ -83,30 +83,19 @@ class Edge(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             except Exception:
                 return _UNDECODABLE
 
-        method = details.method
-        if handler.unary_unary is not None:
-            return handler._replace(
-                request_deserializer=safe_decode,
-                unary_unary=self._unary(handler.unary_unary, method),
-            )
-        if handler.unary_stream is not None:
-            return handler._replace(
-                request_deserializer=safe_decode,
-                unary_stream=self._stream(handler.unary_stream, method),
-            )
-        return handler  # no client-streaming methods are served
+        gate = _Gate(self, details.method, open=details.method.startswith(OPEN_PREFIXES))
+        wrapped = {
+            kind: getattr(gate, kind)(getattr(handler, kind))
+            for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+            if getattr(handler, kind) is not None
+        }
+        return handler._replace(request_deserializer=safe_decode, **wrapped)
 
-    def _admit(self, request: Any, context: grpc.aio.ServicerContext, method: str) -> None:
+    def admit(self, request: Any, context: grpc.aio.ServicerContext, gate: _Gate) -> None:
         """Raise unless the call may proceed; remember its principal."""
-        if request is _UNDECODABLE:
-            if self._undecodable_log.ready():
-                log.warning(
-                    "undecodable %s request (%d more since the last such line)",
-                    method,
-                    self._undecodable_log.suppressed,
-                )
-                self._undecodable_log.suppressed = 0
-            raise InvalidArgument(f"the payload is not a valid request message for {method}")
+        self.check_decoded(request, gate.method)
+        if gate.open:
+            return
         metadata = dict(context.invocation_metadata() or ())
         principal = self.authenticator.authenticate(
             _text(metadata.get("authorization")), _certificate_names(context)
@@ -115,26 +104,77 @@ class Edge(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             self.requests.check(principal.name, 1)
         _CALLER.set(principal)
 
-    def _unary(self, behaviour: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Any]:
+    def check_decoded(self, request: Any, method: str) -> None:
+        if request is not _UNDECODABLE:
+            return
+        if self._undecodable_log.ready():
+            log.warning(
+                "undecodable %s request (%d more since the last such line)",
+                method,
+                self._undecodable_log.suppressed,
+            )
+            self._undecodable_log.suppressed = 0
+        raise InvalidArgument(f"the payload is not a valid request message for {method}")
+
+
+class _Gate:
+    """Wraps one method's behaviours so each call is admitted first. Open
+    methods (health, reflection) are only checked for undecodable payloads."""
+
+    def __init__(self, edge: Edge, method: str, *, open: bool) -> None:
+        self.edge = edge
+        self.method = method
+        self.open = open
+
+    def unary_unary(self, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                self._admit(request, context, method)
+                self.edge.admit(request, context, self)
             except SpindleError as exc:
                 await abort(context, exc)
             return await behaviour(request, context)
 
         return guarded
 
-    def _stream(
-        self, behaviour: Callable[..., AsyncIterator[Any]], method: str
-    ) -> Callable[..., Any]:
+    def unary_stream(self, behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
-                self._admit(request, context, method)
+                self.edge.admit(request, context, self)
             except SpindleError as exc:
                 await abort(context, exc)
             async for response in behaviour(request, context):
                 yield response
+
+        return guarded
+
+    def _checked(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async def checked() -> AsyncIterator[Any]:
+            async for request in requests:
+                self.edge.check_decoded(request, self.method)
+                yield request
+
+        return checked()
+
+    def stream_unary(self, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+        async def guarded(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            try:
+                self.edge.admit(None, context, self)
+                return await behaviour(self._checked(requests), context)
+            except SpindleError as exc:
+                await abort(context, exc)
+
+        return guarded
+
+    def stream_stream(self, behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
+        async def guarded(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            try:
+                self.edge.admit(None, context, self)
+                async for response in behaviour(self._checked(requests), context):
+                    yield response
+            except SpindleError as exc:
+                await abort(context, exc)
 
         return guarded
 

@@ -30,8 +30,11 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 ERROR_DOMAIN = "spindle.v1"
-# No message a caller sees is longer: clients refuse oversized trailers.
-MAX_MESSAGE_CHARS = 1000
+# No message a caller sees is longer, in UTF-8 bytes: gRPC percent-encodes
+# each non-ASCII byte of grpc-message (3 characters each) and sends the
+# message again in grpc-status-details-bin, and clients refuse trailers
+# past 8 KiB.
+MAX_MESSAGE_BYTES = 1000
 
 
 def status_code(code: ErrorCode) -> grpc.StatusCode:
@@ -101,8 +104,12 @@ def model_error_from_rpc(error: grpc.RpcError, what: str) -> ModelError:
     )
 
 
-def cut(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    return message if len(message) <= limit else message[: limit - 1] + "…"
+def cut(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """`message` in at most `limit` UTF-8 bytes (an ellipsis marks a cut)."""
+    data = message.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return message
+    return data[: limit - 3].decode("utf-8", "ignore") + "…"
 
 
 def rich_status(error: SpindleError) -> status_pb2.Status:
@@ -119,7 +126,7 @@ def rich_status(error: SpindleError) -> status_pb2.Status:
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     if error.field:
         violation = error_details_pb2.BadRequest.FieldViolation(
-            field=error.field, description=cut(error.message, 500)
+            field=error.field, description=cut(error.message, 300)
         )
         status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
     return status

@@ -134,7 +134,8 @@ async def start(
     service: Service, listen: str, credentials: grpc.ServerCredentials | None = None
 ) -> RunningServer:
     server = grpc.aio.server(
-        options=[*SERVER_OPTIONS, *service.options],
+        # gRPC takes the first value of an option given twice: the service's win.
+        options=[*service.options, *SERVER_OPTIONS],
         interceptors=[service.edge] if service.edge is not None else None,
     )
     service.register(server)

@@ -188,11 +188,12 @@ def run_turn(
     """The answer's text and the turn's end as the client received them."""
     answer = ""
     request = pb.RunTurnRequest(thread_id=thread_id, input=[_user(text)])
-    for event in stub.RunTurn(request, timeout=TURN_DEADLINE):
-        if event.HasField("item_done") and event.item_done.item.HasField("message"):
-            answer = event.item_done.item.message.text
-        if event.HasField("turn_completed"):
-            return answer, event.turn_completed
+    for response in stub.RunTurn(request, timeout=TURN_DEADLINE):
+        for event in response.events:
+            if event.HasField("item_done") and event.item_done.item.HasField("message"):
+                answer = event.item_done.item.message.text
+            if event.HasField("turn_completed"):
+                return answer, event.turn_completed
     return answer, None
 
 

@@ -402,7 +402,7 @@ def requests(pool: Pool) -> dict[str, st.SearchStrategy[Message]]:
         ),
         "ArchiveThread": st.builds(pb.ArchiveThreadRequest, thread_id=ids),
         "RunTurn": st.builds(pb.RunTurnRequest, thread_id=ids, input=inputs, tools=tools()),
-        "InterruptTurn": st.builds(pb.InterruptTurnRequest, thread_id=ids),
+        "InterruptTurn": st.builds(pb.InterruptTurnRequest, thread_id=ids, turn_id=ids),
         "ListTurns": st.builds(
             pb.ListTurnsRequest, thread_id=ids, page_size=page_sizes(), page_token=page_tokens(pool)
         ),
@@ -718,10 +718,10 @@ class Fuzzer:
                 self.pool.add_token(listed.next_page_token)
         elif name == "RunTurn":
             for data in responses:
-                event = pb.RunTurnResponse.FromString(data)
-                if event.HasField("turn_completed"):
-                    calls = event.turn_completed.pending_function_calls
-                    self.pool.add_call_ids([call.call_id for call in calls])
+                for event in pb.RunTurnResponse.FromString(data).events:
+                    if event.HasField("turn_completed"):
+                        calls = event.turn_completed.pending_function_calls
+                        self.pool.add_call_ids([call.call_id for call in calls])
 
 
 def healthy(channel: grpc.Channel) -> bool:

@@ -94,15 +94,9 @@ def test_long_values_are_invalid_argument_with_a_short_message(
             stub.GetThread(pb.GetThreadRequest(thread_id=thread_id), timeout=10)
 
 
-# --- What the fuzzer found: each a bug until the xfail mark comes off ---------------------
+# --- What the fuzzer found, each fixed since --------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: spindle.edge returns the handlers of health checking and reflection "
-    "unwrapped, so an undecodable payload to them is UNKNOWN, with a traceback logged "
-    "for every call",
-)
 def test_undecodable_payloads_to_health_and_reflection_are_invalid_argument(
     tmp_path: Path,
 ) -> None:
@@ -139,11 +133,6 @@ NUL_CASES = ["start instructions", "spawn instructions", "fork call id", "model 
 
 
 @pytest.mark.parametrize("case", NUL_CASES)
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: on PostgreSQL a NUL character in instructions, parent_spawn_call_id or "
-    "a model error's message reaches a text column: psycopg DataError, INTERNAL, traceback",
-)
 def test_nul_characters_are_no_internal_error_on_postgresql(
     tmp_path: Path, postgres_url: str, case: str
 ) -> None:
@@ -167,40 +156,23 @@ def test_nul_characters_are_no_internal_error_on_postgresql(
         assert "Traceback" not in thread.log_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the thread-service's own grpc.max_send/receive_message_length options come "
-    "after serving.SERVER_OPTIONS' 64 MiB ones and gRPC keeps the first, so a ListThreads "
-    "page (whose byte budget also ignores parent_spawn_call_id, a field of no length "
-    "limit) can pass the 4 MiB a client receives",
-)
-def test_a_listing_fits_what_a_default_client_receives(tmp_path: Path) -> None:
+def test_the_public_ports_message_limits_hold(tmp_path: Path) -> None:
+    """A request past max_turn_bytes is refused as it arrives, not read whole;
+    and a spawn call id cannot make Threads too large to list."""
     with (
         service_pair(tmp_path) as (_, thread),
-        grpc.insecure_channel(thread.address) as channel,
+        grpc.insecure_channel(
+            thread.address, options=[("grpc.max_send_message_length", 64 << 20)]
+        ) as channel,
     ):
         stub = pb_grpc.ThreadServiceStub(channel)
         root = start(stub, tmp_path)
-        for _ in range(3):
+        with raises_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"):
+            turn(stub, root.id, user("x" * (30 << 20)))
+        with raises_status(grpc.StatusCode.INVALID_ARGUMENT, "parent_spawn_call_id"):
             stub.SpawnThread(fork(root.id, "c" * (2 << 20)))
-        threads: list[pb.Thread] = []
-        token = ""
-        while True:
-            page = stub.ListThreads(pb.ListThreadsRequest(page_token=token), timeout=30)
-            threads.extend(page.threads)
-            token = page.next_page_token
-            if not token:
-                break
-        assert len(threads) == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: messages are cut to 1,000 characters, not bytes: 1,000 four-byte "
-    "characters make trailers past gRPC's 8 KiB metadata limit, so the model-service's "
-    "INVALID_ARGUMENT reaches the caller as RESOURCE_EXHAUSTED 'received metadata size "
-    "exceeds soft limit'",
-)
 def test_a_model_error_echoing_long_non_ascii_text_keeps_its_status(
     target: fuzz.Target,
 ) -> None:

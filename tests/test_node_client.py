@@ -174,13 +174,6 @@ def test_bad_request_and_failed_precondition_details_from_node(node: str, tmp_pa
     assert labelled["after"]["codeName"] == "OK"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: error messages are cut to 1,000 characters, not bytes; 1,000 non-ASCII "
-    "characters make trailers past gRPC's 8 KiB metadata limit, so the model's "
-    "INVALID_ARGUMENT/UNAVAILABLE becomes RESOURCE_EXHAUSTED 'received metadata size "
-    "exceeds soft limit'",
-)
 def test_model_errors_that_echo_long_non_ascii_text_keep_their_status(
     node: str, tmp_path: Path
 ) -> None:

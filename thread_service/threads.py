@@ -342,7 +342,15 @@ class Threads:
 
 def thread_size(thread: ThreadRecord) -> int:
     """About how many bytes a thread takes in a listing."""
-    texts = (thread.instructions, thread.cwd, thread.agent_nickname, thread.agent_role)
+    texts = (
+        thread.instructions,
+        thread.cwd,
+        thread.agent_nickname,
+        thread.agent_role,
+        thread.parent_spawn_call_id,
+        *thread.metadata.keys(),
+        *thread.metadata.values(),
+    )
     return 512 + sum(len(text.encode("utf-8", "replace")) for text in texts)
 
 

@@ -22,7 +22,7 @@ from spindle import items
 from spindle.errors import ErrorCode, ResourceExhausted, SpindleError, Unavailable
 from spindle.model import Completed, ItemDone, ModelRequest, ModelStreamer, Usage
 from thread_service import events
-from thread_service.events import TurnCompleted, TurnLog, TurnStarted
+from thread_service.events import TurnCompleted, TurnEvent, TurnLog, TurnStarted
 from thread_service.records import Entry, TurnError, TurnRecord, TurnStatus
 from thread_service.store import Store
 
@@ -151,18 +151,21 @@ class Turn:
             self.log.end(failure)
 
     async def _play(self) -> Outcome:
-        """Call the model; how the turn ended (its TurnCompleted is in the log)."""
+        """Call the model; how the turn ended."""
         self.log.append(TurnStarted(self.id))
         outcome = await self._call_model()
         if outcome.status is TurnStatus.INTERRUPTED:
             cut = self.interruption or Interruption("interrupted")
             outcome = Outcome(outcome.status, outcome.usage, TurnError(cut.code, cut.reason))
-        if outcome.failure is None:
-            calls = tuple(i for i in outcome.outputs if isinstance(i, items.FunctionCall))
-            self.log.append(
-                TurnCompleted(self.id, outcome.status, outcome.usage, calls, outcome.error)
-            )
         return outcome
+
+    def _ending(self, outcome: Outcome) -> TurnCompleted | None:
+        """The turn's last event; None for a failed turn, whose stream ends
+        with the failure's status instead."""
+        if outcome.failure is not None:
+            return None
+        calls = tuple(i for i in outcome.outputs if isinstance(i, items.FunctionCall))
+        return TurnCompleted(self.id, outcome.status, outcome.usage, calls, outcome.error)
 
     async def _call_model(self) -> Outcome:
         outputs: list[items.Item] = []
@@ -210,9 +213,14 @@ class Turn:
     async def _save_end(self, outcome: Outcome) -> bool:
         """Record how the turn ended, with its last events. The write runs to
         the end even when the turn is interrupted meanwhile: a turn is recorded
-        whole, never half. False when the store could not take it."""
+        whole, never half. Only once it is saved do followers see the turn's
+        TurnCompleted: a client that saw COMPLETED never loses the turn, even
+        to a kill -9 a moment later. False when the store could not take it."""
         outputs = [Entry.of(item) for item in outcome.outputs]
         pending = self.log.events[self._flushed :]
+        ending = self._ending(outcome)
+        if ending is not None:
+            pending = [*pending, TurnEvent(len(self.log.events) + 1, ending)]
         try:
             await _to_the_end(
                 self.store.finish_turn(
@@ -228,6 +236,8 @@ class Turn:
             log.warning("turn %s: its end could not be saved yet: %s", self.id, exc.message)
             return False
         self._flushed += len(pending)
+        if ending is not None:
+            self.log.append(ending)
         return True
 
     async def _save_end_until_done(self, outcome: Outcome) -> None:

@@ -289,9 +289,7 @@ class Turns:
             raise events.failure_of(turn.error)
         if not completed and seen:  # the caller may have had the last event already
             last = await self.store.read_events(turn_id, seen - 1)
-            completed = bool(last) and isinstance(
-                events.decode(*last[-1]).payload, TurnCompleted
-            )
+            completed = bool(last) and isinstance(events.decode(*last[-1]).payload, TurnCompleted)
         if not completed:  # ended without its last event kept (its replica died)
             ending = TurnCompleted(turn.id, turn.status, turn.usage, (), turn.error)
             yield [TurnEvent(seen + 1, ending)]

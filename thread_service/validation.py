@@ -98,6 +98,10 @@ def check_label(value: str, field: str) -> None:
 
 
 def check_text_size(text: str, limit: int, field: str) -> None:
+    """Free text (instructions): at most `limit` bytes, and no NUL, which no
+    store keeps."""
+    if "\0" in text:
+        raise InvalidArgument(f"{field} must not contain a NUL character", field=field)
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > limit:
         raise InvalidArgument(f"{field} is {size} bytes; the limit is {limit}", field=field)

@@ -42,8 +42,9 @@ const { values: args } = parseArgs({
 const DEADLINE_MS = Number(args["deadline-ms"]);
 
 function loadService() {
+  // Our protos import google/api and google/rpc, from googleapis-common-protos.
   const definition = protoLoader.loadSync("spindle/v1/thread_service.proto", {
-    includeDirs: [PROTOS],
+    includeDirs: [PROTOS, args["google-protos"]].filter(Boolean),
     keepCase: true,
     longs: String,
     enums: String,
@@ -140,7 +141,7 @@ function runTurn(client, label, request, token = args.token) {
   return new Promise((resolve) => {
     const events = [];
     const call = client.RunTurn(request, metadataFor(token), { deadline: deadline() });
-    call.on("data", (event) => events.push(event.event));
+    call.on("data", (response) => events.push(...response.events.map((event) => event.kind)));
     call.on("error", (error) => resolve(outcome(label, "RunTurn", started, error, { events })));
     call.on("end", () => resolve(outcome(label, "RunTurn", started, null, { events })));
   });

@@ -613,6 +613,12 @@ _TURN_COLUMNS = (
 )
 
 
+def _text(value: str) -> str:
+    """Text for a column: PostgreSQL's text holds no NUL (a provider's error
+    message may carry one); what callers send is refused before it gets here."""
+    return value.replace("\x00", "\ufffd")
+
+
 def turn_from_row(row: Row) -> TurnRecord:
     error = None
     if row["error_code"]:
@@ -697,7 +703,7 @@ def finish_turn(
         usage.cached_input_tokens,
         usage.output_tokens,
         error.code.value if error else None,
-        error.message if error else None,
+        _text(error.message) if error else None,
         error.reason if error else None,
         json.dumps(error.metadata) if error and error.metadata else None,
         error.retry_after if error else None,
