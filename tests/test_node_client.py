@@ -184,3 +184,32 @@ def test_model_errors_that_echo_long_non_ascii_text_keep_their_status(
         assert calls[f"after fail/{kind}"]["codeName"] == "OK"
         assert calls[f"slow/{kind}"]["codeName"] == "INVALID_ARGUMENT", calls[f"slow/{kind}"]
         assert calls[f"fail/{kind}"]["codeName"] == "UNAVAILABLE", calls[f"fail/{kind}"]
+
+
+def test_watch_turn_and_v1_errors_from_node(node: str, tmp_path: Path) -> None:
+    """A Node client whose connection dropped follows its turn with WatchTurn
+    (no event lost or repeated) and reads the reasons of the v1 errors."""
+    with service_pair(tmp_path) as (_, thread):
+        calls = by_label(run_client(node, thread.address, "v1", "--cwd", str(tmp_path)))
+    seen, rest = calls["dropped"]["events"], calls["watch"]["events"]
+    assert calls["watch"]["codeName"] == "OK"
+    whole = seen + rest
+    assert [e["sequence"] for e in whole] == list(range(1, len(whole) + 1))
+    assert whole[-1]["kind"] == "turn_completed"
+    assert whole[-1]["status"] == "TURN_STATUS_COMPLETED"
+    text = "".join(e.get("text", "") for e in whole)
+    assert text == "echo: one two three four five six"
+    ended = calls["interrupt ended"]
+    assert (ended["codeName"], ended["errorInfo"]["reason"]) == (
+        "FAILED_PRECONDITION",
+        "TURN_NOT_RUNNING",
+    )
+    fork = calls["fork without call id"]
+    assert fork["errorInfo"]["reason"] == "FORK_NEEDS_SPAWN_CALL_ID"
+    assert fork["badRequest"][0]["field"] == "fork.parent_spawn_call_id"
+    assert calls["first start"]["codeName"] == "OK"
+    reused = calls["reused id"]
+    assert (reused["codeName"], reused["errorInfo"]["reason"]) == (
+        "INVALID_ARGUMENT",
+        "REQUEST_ID_REUSED",
+    )

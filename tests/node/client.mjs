@@ -20,6 +20,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 
+import crypto from "node:crypto";
 import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
@@ -250,7 +251,66 @@ async function modelError(client) {
   return calls;
 }
 
+// Follows a turn after its connection dropped, and reads the v1 errors.
+function watchTurn(client, label, request) {
+  const started = performance.now();
+  return new Promise((resolve) => {
+    const events = [];
+    const call = client.WatchTurn(request, metadataFor(args.token), { deadline: deadline() });
+    call.on("data", (response) => events.push(...response.events.map(summary)));
+    call.on("error", (error) => resolve(outcome(label, "WatchTurn", started, error, { events })));
+    call.on("end", () => resolve(outcome(label, "WatchTurn", started, null, { events })));
+  });
+}
+
+function summary(event) {
+  const out = { sequence: Number(event.sequence), kind: event.kind };
+  if (event.kind === "text_delta") out.text = event.text_delta.text;
+  if (event.kind === "turn_started") out.turnId = event.turn_started.turn_id;
+  if (event.kind === "turn_completed") out.status = event.turn_completed.status;
+  return out;
+}
+
+// A turn whose connection drops after its first events: CONTINUE keeps it
+// running; WatchTurn from the last sequence seen gets the rest.
+async function v1(client) {
+  const threadId = await startThread(client);
+  const calls = [];
+  const firstEvents = await new Promise((resolve) => {
+    const seen = [];
+    const call = client.RunTurn(
+      {
+        thread_id: threadId,
+        input: [user("/slow 1 one two three four five six")],
+        on_disconnect: "DISCONNECT_POLICY_CONTINUE",
+        request_id: crypto.randomUUID(),
+      },
+      metadataFor(args.token),
+      { deadline: deadline() },
+    );
+    call.on("data", (response) => {
+      seen.push(...response.events.map(summary));
+      if (seen.length >= 3) {
+        call.cancel();
+      }
+    });
+    call.on("error", () => resolve(seen));
+    call.on("end", () => resolve(seen));
+  });
+  calls.push({ label: "dropped", method: "RunTurn", code: 0, codeName: "OK", events: firstEvents });
+  const turnId = firstEvents[0].turnId;
+  const after = firstEvents[firstEvents.length - 1].sequence;
+  calls.push(await watchTurn(client, "watch", { thread_id: threadId, turn_id: turnId, after_sequence: after }));
+  calls.push(await unary(client, "interrupt ended", "InterruptTurn", { thread_id: threadId, turn_id: turnId }));
+  calls.push(await unary(client, "fork without call id", "SpawnThread", { parent_id: threadId, fork: {} }));
+  const requestId = crypto.randomUUID();
+  calls.push(await unary(client, "first start", "StartThread", { cwd: args.cwd, request_id: requestId }));
+  calls.push(await unary(client, "reused id", "StartThread", { cwd: args.cwd, request_id: requestId, model: "other" }));
+  return calls;
+}
+
 const SCENARIOS = {
+  v1,
   "long-values": longValues,
   auth,
   "rate-limit": rateLimit,
