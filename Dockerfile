@@ -40,7 +40,8 @@ RUN /opt/spindle/bin/pip uninstall --yes pip setuptools
 FROM ${BASE_IMAGE}
 RUN useradd --system --user-group --uid 10001 --home-dir /home/spindle --create-home \
       --shell /usr/sbin/nologin spindle \
- && install -d -o spindle -g spindle -m 0750 /var/lib/spindle /home/spindle/.spindle
+ && install -d -o spindle -g spindle -m 0750 /var/lib/spindle /home/spindle/.spindle \
+ && install -d -o spindle -g spindle -m 0700 /var/lib/spindle-secrets
 ENV PATH=/opt/spindle/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -207,9 +207,49 @@ class Authenticator:
         )
 
 
+def init_secrets(folder: Path) -> Path:
+    """Make the credentials of a deployment in `folder`, unless there already:
+    a token for the thread-service to call the model-service with, the
+    model-service's principals file naming it, a client token, and the
+    thread-service's principals file naming that client (tenant "default",
+    trust roots "/": the container's own folders). Files are 0600. Returns
+    the client token's file."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    service, client = folder / "service-token", folder / "client-token"
+    for token_file in (service, client):
+        if not token_file.exists():
+            _write_private(token_file, new_token() + "\n")
+    service_hash = token_hash(service.read_text().strip())
+    client_hash = token_hash(client.read_text().strip())
+    files = {
+        "model-principals.toml": (
+            f'[principals.thread-service]\ntoken_sha256 = ["{service_hash}"]\n'
+        ),
+        "principals.toml": (
+            '[principals.default]\ntenant = "default"\n'
+            f'token_sha256 = ["{client_hash}"]\ntrust_roots = ["/"]\n'
+        ),
+    }
+    for name, text in files.items():
+        if not (folder / name).exists():
+            _write_private(folder / name, text)
+    return client
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m spindle.auth`: print a new token and the line for its hash."""
+    """`python -m spindle.auth [NAME]`: print a new token and the line for its
+    hash. `python -m spindle.auth init DIR`: see `init_secrets`."""
     args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["init"] and len(args) == 2:
+        client = init_secrets(Path(args[1]))
+        print(f"credentials in {client.parent}; the client token is in {client}")
+        return
     name = args[0] if args else "NAME"
     token = new_token()
     print(f"token (give it to the client, keep it secret): {token}")

@@ -33,6 +33,7 @@ from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
 from tests.harness import ROOT, wait_until
 from tests.rpc import events_of
+from thread_service.access import model_cache_key
 
 # The lead flips this once the thread-service serves SPINDLE_STORE=postgresql://...
 POSTGRES_STORE_MERGED = True
@@ -40,6 +41,8 @@ POSTGRES_STORE_MERGED = True
 CI_BASE_IMAGES = ("spindle-ci/python:3.11-bookworm", "spindle-ci/postgres:15-bookworm")
 TEST_IMAGE = "spindle:compose-test"
 SHUTDOWN_GRACE = 3  # seconds; compose.yaml's stop_grace_period is 30
+SECRETS = "/var/lib/spindle-secrets"
+TENANT = "default"  # the tenant of the client token secrets-init makes
 CWD = "/tmp"  # StartThread's cwd is a folder inside the thread-service's container
 
 _REQUEST = re.compile(
@@ -211,10 +214,31 @@ def _drain(stream: Iterator[pb.RunTurnResponse]) -> str:
     return pb.TurnStatus.Name(events[-1].turn_completed.status)
 
 
-def _channel(port: int) -> grpc.Channel:
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Sends the deployment's client token with every call."""
+
+    def __init__(self, token: str) -> None:
+        self.metadata = [("authorization", f"Bearer {token}")]
+
+    def _with_token(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or []), *self.metadata])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+
+def client_token(compose: Compose, thread_service: str) -> str:
+    """The token secrets-init made for clients, read inside the container."""
+    return compose("exec", "-T", thread_service, "cat", SECRETS + "/client-token").strip()
+
+
+def _channel(port: int, token: str) -> grpc.Channel:
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     grpc.channel_ready_future(channel).result(timeout=30)
-    return channel
+    return grpc.intercept_channel(channel, _Bearer(token))
 
 
 def exercise_stack(compose: Compose, thread_service: str, port: int) -> None:
@@ -230,7 +254,16 @@ def exercise_stack(compose: Compose, thread_service: str, port: int) -> None:
     backend = f"{compose.project}_backend"
     assert _run(["docker", "network", "inspect", "-f", "{{.Internal}}", backend]).strip() == "true"
 
-    with _channel(port) as channel:
+    # Without the token secrets-init made, the published port refuses the call.
+    token = client_token(compose, thread_service)
+    assert token.startswith("spx_")
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as bare:
+        anonymous = pb_grpc.ThreadServiceStub(bare)
+        with pytest.raises(grpc.RpcError) as refused:
+            anonymous.StartThread(pb.StartThreadRequest(cwd=CWD), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    with _channel(port, token) as channel:
         stub = pb_grpc.ThreadServiceStub(channel)
         root = stub.StartThread(pb.StartThreadRequest(cwd=CWD)).thread
         assert _run_turn(stub, root.id, "root turn").status == pb.TURN_STATUS_COMPLETED
@@ -243,16 +276,18 @@ def exercise_stack(compose: Compose, thread_service: str, port: int) -> None:
         assert _run_turn(stub, fork.id, "fork turn").status == pb.TURN_STATUS_COMPLETED
 
     # The fork's model request carried its parent's key: the model-service says so.
-    fork_request = (fork.id, f"{fork.id}:0", root.id, "thread_spawn")
+    # (Under auth the key the model-service sees is scoped to the tenant.)
+    key = model_cache_key(TENANT, root.id)
+    fork_request = (fork.id, f"{fork.id}:0", key, "thread_spawn")
     wait_until(lambda: fork_request in _requests_seen(compose.logs("model-service")))
 
     # `docker stop` during a turn: the graceful stop records it as interrupted.
     thread_container = compose.container(thread_service)
-    with _channel(port) as channel, ThreadPoolExecutor(1) as pool:
+    with _channel(port, token) as channel, ThreadPoolExecutor(1) as pool:
         stub = pb_grpc.ThreadServiceStub(channel)
         request = pb.RunTurnRequest(thread_id=root.id, input=_text("/slow 20 a slow answer"))
         stream = stub.RunTurn(request, timeout=60)
-        assert next(stream).HasField("turn_started")
+        assert next(stream).events[0].HasField("turn_started")
         ended = pool.submit(_drain, stream)
         time.sleep(1)
         started = time.monotonic()
@@ -272,7 +307,7 @@ def exercise_stack(compose: Compose, thread_service: str, port: int) -> None:
 
     compose("start", thread_service)
     compose.wait_healthy(thread_service)
-    with _channel(port) as channel:
+    with _channel(port, token) as channel:
         stub = pb_grpc.ThreadServiceStub(channel)
         turns = stub.ListTurns(pb.ListTurnsRequest(thread_id=root.id)).turns
         assert [t.status for t in turns] == [pb.TURN_STATUS_COMPLETED, pb.TURN_STATUS_INTERRUPTED]
@@ -282,7 +317,7 @@ def exercise_stack(compose: Compose, thread_service: str, port: int) -> None:
     compose("down")
     compose("up", "-d", thread_service)
     compose.wait_healthy("model-service", thread_service)
-    with _channel(port) as channel:
+    with _channel(port, token) as channel:
         stub = pb_grpc.ThreadServiceStub(channel)
         items = stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=fork.id)).items
         assert [i.message.text for i in items] == [
@@ -311,6 +346,49 @@ def test_compose_stack_on_postgres(compose: Compose) -> None:
     exercise_stack(
         compose.with_profiles("postgres"), "thread-service-pg", int(compose.env["SPINDLE_PG_PORT"])
     )
+
+
+def test_model_service_replicas_keep_each_key_on_one(compose: Compose) -> None:
+    """`--scale model-service=3`: the thread-service spreads the keys over the
+    replicas, and every request of one key (a root's and its forks') reaches
+    the same replica, whose prompt cache holds that key's prefix."""
+    compose("up", "-d", "--scale", "model-service=3", "thread-service")
+    replicas = compose("ps", "-q", "model-service").split()
+    assert len(replicas) == 3
+    for replica in replicas:
+        _wait_healthy(replica, partial(_container_logs, replica))
+    compose.wait_healthy("thread-service")
+    port = int(compose.env["SPINDLE_PORT"])
+    family: dict[str, str] = {}  # thread id -> its prompt_cache_key
+    with _channel(port, client_token(compose, "thread-service")) as channel:
+        stub = pb_grpc.ThreadServiceStub(channel)
+        for n in range(12):
+            root = stub.StartThread(pb.StartThreadRequest(cwd=CWD)).thread
+            assert _run_turn(stub, root.id, f"root {n}").status == pb.TURN_STATUS_COMPLETED
+            fork = stub.SpawnThread(
+                pb.SpawnThreadRequest(
+                    parent_id=root.id, fork=pb.ForkOptions(parent_spawn_call_id=f"call_{n}")
+                )
+            ).thread
+            assert _run_turn(stub, fork.id, f"fork {n}").status == pb.TURN_STATUS_COMPLETED
+            key = model_cache_key(TENANT, root.id)
+            family.update({root.id: key, fork.id: key})
+
+    def served() -> dict[str, set[str]]:
+        """Per replica, the keys of the requests it logged."""
+        seen = {r: {key for _, _, key, _ in _requests_seen(_container_logs(r))} for r in replicas}
+        return seen
+
+    wait_until(lambda: set().union(*served().values()) == set(family.values()))
+    by_replica = served()
+    for key in set(family.values()):
+        holders = [r for r, keys in by_replica.items() if key in keys]
+        assert len(holders) == 1, f"key {key} reached {len(holders)} replicas"
+    assert sum(1 for keys in by_replica.values() if keys) >= 2, "one replica got every key"
+    # Each fork's requests went where its parent's did, under the parent's key.
+    for replica in replicas:
+        for thread_id, _, key, _ in _requests_seen(_container_logs(replica)):
+            assert family[thread_id] == key
 
 
 def test_postgres_profile_database_keeps_its_data(compose: Compose) -> None:

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from model_service.settings import ModelServiceSettings
-from spindle.auth import new_token, token_hash
+from spindle.auth import main, new_token, token_hash
 from spindle.v1 import common_pb2 as c
 from spindle.v1 import model_service_pb2 as mpb
 from spindle.v1 import model_service_pb2_grpc as mpb_grpc
@@ -462,3 +462,52 @@ def test_a_refused_service_token_fails_the_turn_as_the_services_fault(
             list(stub.RunTurn(pb.RunTurnRequest(thread_id=root.id, input=[user("hi")])))
     finally:
         running.stop()
+
+
+def test_init_secrets_makes_a_working_deployment_and_keeps_it(
+    loop_thread: LoopThread, tmp_path: Path
+) -> None:
+    """`python -m spindle.auth init DIR` (compose's secrets-init): the client
+    token opens the thread-service, the service token the model-service, the
+    files are private, and a second run changes nothing."""
+    folder = tmp_path / "secrets"
+    main(["init", str(folder)])
+    files = {p.name: p.read_text() for p in folder.iterdir()}
+    assert set(files) == {
+        "client-token",
+        "service-token",
+        "principals.toml",
+        "model-principals.toml",
+    }
+    assert all((folder / name).stat().st_mode & 0o777 == 0o600 for name in files)
+    assert folder.stat().st_mode & 0o777 == 0o700
+    client = files["client-token"].strip()
+    assert client not in files["principals.toml"]  # only its hash is kept
+    main(["init", str(folder)])
+    assert {p.name: p.read_text() for p in folder.iterdir()} == files
+
+    model_settings = ModelServiceSettings(
+        config_home=tmp_path / "model-home", auth_file=str(folder / "model-principals.toml")
+    )
+    stack = start_stack(
+        loop_thread,
+        tmp_path,
+        model_settings=model_settings,
+        auth_file=str(folder / "principals.toml"),
+        model_service_token_file=str(folder / "service-token"),
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{stack.thread_port}") as channel:
+            stub = pb_grpc.ThreadServiceStub(channel)
+            with raises_status(grpc.StatusCode.UNAUTHENTICATED):
+                stub.StartThread(pb.StartThreadRequest(cwd=str(tmp_path)))
+            thread = start_as(stub, client, tmp_path)
+            request = pb.RunTurnRequest(thread_id=thread.id, input=[user("hi")])
+            events = events_of(stub.RunTurn(request, metadata=bearer(client)))
+            assert events[-1].turn_completed.status == pb.TURN_STATUS_COMPLETED
+        with grpc.insecure_channel(f"127.0.0.1:{stack.model_port}") as channel:
+            model = mpb_grpc.ModelServiceStub(channel)
+            with raises_status(grpc.StatusCode.UNAUTHENTICATED):
+                list(model.Generate(mpb.GenerateRequest(), metadata=bearer(client)))
+    finally:
+        stack.stop()
