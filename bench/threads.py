@@ -182,11 +182,15 @@ async def run_alternating(
     named: Sequence[tuple[str, Call]], rounds: int, meter: CpuMeter | None = None
 ) -> list[Series]:
     """The calls take turns, so drift over the run (WAL growth, page cache,
-    CPU frequency) weighs on each of them alike; per s is one over the mean."""
+    CPU frequency) weighs on each of them alike; per s is one over the mean.
+    With a meter, each call's CPU is read once the processes are quiet, so
+    that a long call's aftermath is not charged to the next."""
     series = [Series(name) for name, _ in named]
     for _ in range(rounds):
         for s, (_, call) in zip(series, named, strict=True):
-            await run_sequential([call], s, meter)
+            await run_sequential([call], s, meter, settle=meter is not None)
+    for s in series:
+        s.wall = sum(s.latencies)
     return series
 
 
@@ -315,7 +319,7 @@ async def measure_turns(
     await asyncio.gather(*(warm(calls[:per]) for calls in clients))
     end = 2 + 2 * -(-counts.turns_per_client // per)
     series.note = f"{per} threads per client, 2->{end} items"
-    await run_concurrent(clients, series, meter)
+    await run_concurrent(clients, series, meter, settle=True)
 
 
 async def measure_store(
@@ -327,14 +331,15 @@ async def measure_store(
     get = unary_call(stub.GetThread, pb.GetThreadRequest(thread_id=parents.small))
     await warm([get] * counts.warmup)
     series.append(Series("GetThread", note="unary read"))
-    await run_sequential([get] * counts.probes, series[-1], meter.only("thread-service", "client"))
+    get_meter = meter.only("thread-service", "client")
+    await run_sequential([get] * counts.probes, series[-1], get_meter, settle=True)
     # Sequential turns: one at a time over many threads, warmed by one turn each.
     ids = await start_threads(stub, bench.cwd, counts.seq_threads)
     await warm([turn_call(stub, t) for t in ids])
     calls = [turn_call(stub, ids[i % len(ids)]) for i in range(counts.seq_turns)]
     end = 2 + 2 * -(-counts.seq_turns // len(ids))
     series.append(Series("turn, sequential", note=f"{len(ids)} threads in turn, 2->{end} items"))
-    await run_sequential(calls, series[-1], meter)
+    await run_sequential(calls, series[-1], meter, settle=True)
     series.append(Series(f"turn, {counts.clients} concurrent"))
     await measure_turns([stub], meter, bench.cwd, counts, series[-1])
     return series
@@ -383,10 +388,10 @@ async def measure_floors(
     for name, call, floor_meter in floors:
         await warm([call] * counts.warmup * 5)
         seq = Series(f"{name}, sequential")
-        await run_sequential([call] * counts.floor_seq, seq, floor_meter)
+        await run_sequential([call] * counts.floor_seq, seq, floor_meter, settle=True)
         conc = Series(f"{name}, {counts.clients} concurrent")
         clients = [[call] * counts.floor_per_client] * counts.clients
-        await run_concurrent(clients, conc, floor_meter)
+        await run_concurrent(clients, conc, floor_meter, settle=True)
         series += [seq, conc]
     return series
 
@@ -409,7 +414,8 @@ async def measure_model_hop(ch: grpc.aio.Channel, meter: CpuMeter, counts: Count
 
     await warm([call] * counts.warmup)
     series = Series("Generate, model-service alone", note="1 hop, the embedded provider")
-    await run_sequential([call] * counts.probes, series, meter.only("model-service", "client"))
+    model_meter = meter.only("model-service", "client")
+    await run_sequential([call] * counts.probes, series, model_meter, settle=True)
     return series
 
 

@@ -27,11 +27,10 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
-    Iterator,
     Mapping,
     Sequence,
 )
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -201,13 +200,34 @@ class CpuMeter:
             if after.get(label)
         }
 
-    @contextmanager
-    def charging(self, series: Series) -> Iterator[None]:
-        """Charge the block's wall time and each process's CPU to `series`."""
+    async def settle(self, quiet: float = 0.05, limit: float = 2.0) -> None:
+        """Wait (up to `limit` seconds) until the watched processes other than
+        this one burn no CPU for `quiet` seconds: what a call leaves behind
+        (freeing a long history, a collection) is then charged to it, and the
+        next figure starts on a quiet machine."""
+        others = CpuMeter({k: v for k, v in self.pids.items() if v != os.getpid()})
+        deadline = time.monotonic() + limit
+        last = others.snapshot()
+        while time.monotonic() < deadline:
+            await asyncio.sleep(quiet)
+            now = others.snapshot()
+            if not any(others.spent(last, now).values()):
+                return
+            last = now
+
+    @asynccontextmanager
+    async def charging(self, series: Series, *, settle: bool = False) -> AsyncIterator[None]:
+        """Charge the block's wall time and each process's CPU to `series`;
+        with `settle`, only once the processes are quiet, before and after
+        (the wall time stays the block's own)."""
+        if settle:
+            await self.settle()
         before = self.snapshot()
         start = time.perf_counter()
         yield
         series.wall += time.perf_counter() - start
+        if settle:
+            await self.settle()
         series.add_cpu(self.spent(before, self.snapshot()))
 
 
@@ -227,12 +247,12 @@ async def warm(calls: Iterable[Call]) -> None:
 
 
 async def run_sequential(
-    calls: Iterable[Call], series: Series, meter: CpuMeter | None = None
+    calls: Iterable[Call], series: Series, meter: CpuMeter | None = None, *, settle: bool = False
 ) -> list[float]:
     """Each call alone, one after another: latency is the service's, not a
     queue's. Adds to `series`; returns this block's latencies."""
     latencies: list[float] = []
-    with (meter or CpuMeter()).charging(series):
+    async with (meter or CpuMeter()).charging(series, settle=settle):
         for call in calls:
             await timed(call, latencies)
     series.latencies += latencies
@@ -240,7 +260,11 @@ async def run_sequential(
 
 
 async def run_concurrent(
-    clients: Sequence[Sequence[Call]], series: Series, meter: CpuMeter | None = None
+    clients: Sequence[Sequence[Call]],
+    series: Series,
+    meter: CpuMeter | None = None,
+    *,
+    settle: bool = False,
 ) -> None:
     """One asyncio task per client, each making its calls back to back, all at once."""
 
@@ -248,7 +272,7 @@ async def run_concurrent(
         for call in calls:
             await timed(call, series.latencies)
 
-    with (meter or CpuMeter()).charging(series):
+    async with (meter or CpuMeter()).charging(series, settle=settle):
         await asyncio.gather(*(client(calls) for calls in clients))
 
 
