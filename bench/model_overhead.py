@@ -1,16 +1,16 @@
 """Spindle model-service overhead: the same streamed request, direct and through the gateway.
 
-Three real processes on loopback: a local SSE upstream (this module with
-`--serve-upstream`), the model-service (`python -m model_service`, its default
-provider pointed at the upstream) and this client. The client sends the same
-Responses-wire request directly with httpx and through the model-service with
-`grpc.aio`, reads each stream to its end, and reports what the gateway adds:
-sequentially (alternating blocks, so drift weighs on both paths alike) and
-with 32 concurrent callers. A third path, the floor, is a bare `grpc.aio`
-servicer (in the upstream's process) streaming the same messages with nothing
-behind it: what the gRPC hop alone costs. Nothing is asserted about timing.
+Four processes on loopback: a local SSE upstream (`tests.upstream`, run by this
+module with `--serve-upstream`), the model-service (`python -m model_service`,
+its default provider pointed at the upstream), a floor (`python -m bench.floor`)
+and this client. The client sends the same Responses-wire request directly with
+httpx and through the model-service with `grpc.aio`, reads each stream to its
+end, and reports what the gateway adds: sequentially (alternating blocks, so
+drift weighs on both paths alike) and with 32 concurrent callers. The floor is
+a bare `grpc.aio` server streaming the same messages with nothing behind it:
+what the gRPC hop alone costs. Nothing is asserted about timing.
 
-    PYTHONPATH=. python bench/model_overhead.py [--quick] [--json PATH]
+    python -m bench.model_overhead [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -18,36 +18,46 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import datetime
 import json
-import math
 import os
-import platform
-import re
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import grpc
 import httpx
 
-from bench.machine import cpu_model, cpu_seconds, load_text
+from bench import floor
+from bench.toolkit import (
+    ROOT,
+    Call,
+    CpuMeter,
+    Process,
+    Series,
+    Table,
+    arguments,
+    free_port,
+    load_line,
+    load_text,
+    machine_line,
+    median_ci,
+    percentile,
+    run_concurrent,
+    run_sequential,
+    write_json,
+)
 from model_service.providers import responses_wire
 from spindle import convert
 from spindle.items import Message, Phase, Role
 from spindle.model import Completed, ItemDone, ModelEvent, ModelRequest, TextDelta, Usage
-from spindle.serving import CHANNEL_OPTIONS, SERVER_OPTIONS
-from spindle.v1 import model_service_pb2, model_service_pb2_grpc
+from spindle.serving import CHANNEL_OPTIONS
+from spindle.v1 import model_service_pb2_grpc
 
-ROOT = Path(__file__).resolve().parent.parent
 TARGET_P50_MS = 1.0
 ANCHORS = "LiteLLM about 4 ms, Portkey about 2.5 ms, Bifrost about 0.5 ms"
 PARTS = ("Sure", " - here", " is a", " short", " answer.")
@@ -55,9 +65,9 @@ USAGE = Usage(input_tokens=42, cached_input_tokens=0, output_tokens=6)
 INSTRUCTIONS = "You are a concise assistant. Answer in one short sentence."
 USER_TEXT = "hello, how are you today?"
 THREAD_ID = "0197a3c1-5e2b-7c4d-8e9f-0a1b2c3d4e5f"
-STATS_PATH = "/bench/stats"
-
-Call = Callable[[], Awaitable[None]]
+RESPONSE_ID = "resp_bench"
+LAST_BODY_PATH = "/bench/last-body"
+GENERATE_METHOD = "/spindle.v1.ModelService/Generate"
 
 
 @dataclass(frozen=True)
@@ -87,67 +97,15 @@ class Setup:
     event_delay_ms: float  # the upstream's pause between two events
 
 
-# -- statistics --------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile: no interpolation to flatter p99."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
-def median_ci(values: Sequence[float]) -> tuple[float, float]:
-    """A distribution-free 95% interval for the median (binomial order statistics)."""
-    ordered = sorted(values)
-    n = len(ordered)
-    k = max(0, math.floor(n / 2 - 1.96 * math.sqrt(n) / 2))
-    return ordered[k], ordered[min(n - 1, n - 1 - k)]
-
-
-@dataclass
-class Series:
-    """Latencies of one figure (seconds), the wall time they took, and CPU per call."""
-
-    name: str
-    latencies: list[float] = field(default_factory=list)
-    wall: float = 0.0
-    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process
-
-    def p(self, q: float) -> float:
-        return percentile(self.latencies, q)
-
-    @property
-    def per_second(self) -> float:
-        return len(self.latencies) / self.wall if self.wall else 0.0
-
-    def cpu_ms_per_call(self) -> dict[str, float]:
-        calls = max(1, len(self.latencies))
-        return {k: v * 1e3 / calls for k, v in self.cpu.items()}
-
-    def add_cpu(self, spent: dict[str, float]) -> None:
-        for label, seconds in spent.items():
-            self.cpu[label] = self.cpu.get(label, 0.0) + seconds
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "n": len(self.latencies),
-            "p50_ms": round(self.p(50) * 1e3, 4),
-            "p99_ms": round(self.p(99) * 1e3, 4),
-            "per_second": round(self.per_second, 1),
-            "cpu_ms_per_call": {k: round(v, 4) for k, v in self.cpu_ms_per_call().items()},
-        }
-
-
 @dataclass
 class Mode:
-    """One mode's figures: both paths and the floor, the per-pair differences if
-    paired, and the upstream's own service time for the same calls."""
+    """One mode's figures: both paths and the floor, and the per-pair
+    differences when the paths ran in paired blocks."""
 
     title: str
     direct: Series = field(default_factory=lambda: Series("direct (httpx)"))
     through: Series = field(default_factory=lambda: Series("through model-service"))
     floor: Series = field(default_factory=lambda: Series("grpc.aio floor"))
-    upstream: list[float] = field(default_factory=list)
     pairs: list[float] = field(default_factory=list)
     paced: bool = False  # the upstream paused between events; the floor never does
 
@@ -164,209 +122,53 @@ class Mode:
 # -- the upstream (its own process) ------------------------------------------
 
 
-def reply_chunks() -> list[bytes]:
-    """The streamed answer, pre-framed as HTTP chunks, one event each: the
-    upstream does as little as possible so that the figures are the gateway's."""
-    from tests.upstream import text_reply  # imports pytest: only the upstream needs it
+def serve_upstream(event_delay: float) -> None:
+    """Run `tests.upstream.UpstreamServer` until SIGTERM: it parses each request
+    as a provider must and answers `POST .../responses` with the stream
+    `text_reply` builds (10 events), `GET /bench/last-body` with the last body
+    it read. Its port goes to stderr, as the services log theirs."""
+    # tests.upstream imports pytest: only this process needs it.
+    from tests.upstream import RecordedRequest, Reply, UpstreamServer, error_reply, text_reply
 
-    events = text_reply("responses", PARTS, usage=USAGE, response_id="resp_bench").events
-    frames = [b"%x\r\n%s\r\n" % (len(e.encode()), e.encode()) for e in events]
-    return [*frames, b"0\r\n\r\n"]
+    reply = dataclasses.replace(
+        text_reply("responses", PARTS, usage=USAGE, response_id=RESPONSE_ID),
+        event_delay=event_delay,
+    )
+    last_body: list[Any] = [None]
 
+    def answer(request: RecordedRequest) -> Reply:
+        if request.method == "POST" and request.path.endswith("/responses"):
+            if not isinstance(request.body, dict) or request.body.get("stream") is not True:
+                return error_reply(400, "expected a JSON body with stream: true")
+            last_body[0] = request.body
+            return reply
+        if request.path == LAST_BODY_PATH:
+            body = json.dumps(last_body[0]).encode()
+            return Reply(headers=(("content-type", "application/json"),), body=body)
+        return error_reply(404, f"no route {request.method} {request.path}")
 
-STREAM_HEAD = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-    b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
-)
-
-
-@dataclass
-class Upstream:
-    """The upstream's state: the reply, its service times, the last body it read."""
-
-    chunks: list[bytes]
-    event_delay: float = 0.0  # seconds between two events, as a model's pace
-    durations: list[float] = field(default_factory=list)
-    last_body: Any = None
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while (head := await read_head(reader)) is not None:
-                await self.answer(head, reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    async def answer(
-        self, head: tuple[str, str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        method, path, length = head
-        started = time.perf_counter()
-        raw = await reader.readexactly(length) if length else b""
-        if method == "POST" and path.endswith("/responses"):
-            await self.stream(raw, writer)
-            self.durations.append(time.perf_counter() - started)
-        elif path == STATS_PATH:
-            stats = {"durations": self.durations, "last_body": self.last_body}
-            self.durations = []
-            send_json(writer, 200, stats)
-        else:
-            send_json(writer, 404, {"error": {"message": f"no route {method} {path}"}})
-        await writer.drain()
-
-    async def stream(self, raw: bytes, writer: asyncio.StreamWriter) -> None:
-        """Parse the body as a real provider must, then stream the reply event by event."""
-        body = json.loads(raw)
-        if not isinstance(body, dict) or body.get("stream") is not True:
-            send_json(writer, 400, {"error": {"message": "expected stream: true"}})
-            return
-        self.last_body = body
-        writer.write(STREAM_HEAD)
-        last = len(self.chunks) - 1  # the end of the body follows the last event at once
-        for index, chunk in enumerate(self.chunks):
-            if self.event_delay and 0 < index < last:
-                await writer.drain()
-                await asyncio.sleep(self.event_delay)
-            writer.write(chunk)
+    # The server's thread inherits the mask, so the signal reaches sigwait alone.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    with UpstreamServer(fallback=answer) as server:
+        print(f"upstream listening on 127.0.0.1:{server.port}", file=sys.stderr, flush=True)
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
 
 
-async def read_head(reader: asyncio.StreamReader) -> tuple[str, str, int] | None:
-    """Method, path and content length of the next request; None once the client left."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError:
-        return None
-    request_line, *lines = head.decode("latin-1").split("\r\n")
-    method, target, _ = request_line.split(" ", 2)
-    length = 0
-    for line in lines:
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value)
-    return method, target.partition("?")[0], length
-
-
-def send_json(writer: asyncio.StreamWriter, status: int, data: object) -> None:
-    body = json.dumps(data).encode()
-    head = f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(body)}"
-    writer.write(head.encode() + b"\r\n\r\n" + body)
-
-
-def floor_messages() -> list[model_service_pb2.GenerateResponse]:
-    """The messages the model-service streams for the upstream's reply."""
+def floor_messages() -> list[bytes]:
+    """The messages the model-service streams for the upstream's reply, which
+    the floor streams byte for byte."""
     answer = Message(Role.ASSISTANT, "".join(PARTS), Phase.FINAL_ANSWER)
     events: list[ModelEvent] = [TextDelta(part) for part in PARTS]
-    events += [ItemDone(answer), Completed(USAGE, "resp_bench")]
-    return [convert.event_to_pb(event) for event in events]
-
-
-class FloorServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
-    """Generate with nothing behind it: the same messages, no upstream, no work.
-    What any grpc.aio gateway that streams one message per event costs at least."""
-
-    def __init__(self) -> None:
-        self.messages = floor_messages()
-
-    async def Generate(
-        self, request: model_service_pb2.GenerateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[model_service_pb2.GenerateResponse]:
-        for message in self.messages:
-            yield message
-
-
-async def start_floor(host: str) -> grpc.aio.Server:
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(FloorServicer(), server)
-    port = server.add_insecure_port(f"{host}:0")
-    await server.start()
-    print(f"floor listening on {host}:{port}", file=sys.stderr, flush=True)
-    return server
-
-
-async def serve_upstream(listen: str, event_delay: float) -> None:
-    """Run the upstream and the floor until SIGTERM; ports go to stderr as the services
-    log theirs. The floor shares the process: the two are never measured at once."""
-    upstream = Upstream(reply_chunks(), event_delay)
-    host, _, port = listen.rpartition(":")
-    server = await asyncio.start_server(upstream.serve, host, int(port))
-    bound = server.sockets[0].getsockname()[1]
-    print(f"upstream listening on {host}:{bound}", file=sys.stderr, flush=True)
-    floor = await start_floor(host)
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await floor.stop(0)
-    server.close()
+    events += [ItemDone(answer), Completed(USAGE, RESPONSE_ID)]
+    return [convert.event_to_pb(event).SerializeToString() for event in events]
 
 
 # -- processes ---------------------------------------------------------------
 
-_LISTENING = rb" listening on [^\s:]+:(\d+)"
-
-
-class Process:
-    """A child process logging to a file, not a pipe: a pipe needs a reader
-    thread in this client, which would take the GIL from its event loop on
-    every log line (the model-service logs two per call)."""
-
-    def __init__(self, label: str, args: list[str], log: Path, root: Path) -> None:
-        self.label = label
-        self.log = log
-        self._log_file: IO[bytes] = log.open("wb")
-        inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-        path = os.pathsep.join(dict.fromkeys(p for p in [str(root), str(ROOT), *inherited] if p))
-        env = {**os.environ, "PYTHONPATH": path}
-        self.proc = subprocess.Popen(
-            [sys.executable, *args],
-            cwd=root,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log_file,
-        )
-
-    def wait_port(self, name: str, timeout: float = 30.0) -> int:
-        """The port of the `name listening on HOST:PORT` line the process logs."""
-        pattern = re.compile(re.escape(name.encode()) + _LISTENING)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = pattern.search(self.log.read_bytes())
-            if match:
-                return int(match.group(1))
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.label} did not start:\n{self.log.read_text(errors='replace')}")
-
-    def wait_serving(self, address: str, timeout: float = 30.0) -> None:
-        """Wait until the gRPC port answers: a service logging at WARNING or above
-        never prints the line that `wait_port` reads."""
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(address) as channel:
-            while self.proc.poll() is None and time.monotonic() < deadline:
-                try:
-                    grpc.channel_ready_future(channel).result(timeout=0.2)
-                    return
-                except grpc.FutureTimeoutError:
-                    continue
-        raise RuntimeError(f"{self.label} did not start:\n{self.log.read_text(errors='replace')}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self._log_file.close()
-
 
 @dataclass
 class Stack:
-    upstream: Process
-    model: Process
+    processes: dict[str, Process]
     upstream_base: str
     model_address: str
     floor_address: str
@@ -382,65 +184,32 @@ def write_config(home: Path, base_url: str) -> None:
     )
 
 
-def free_port() -> int:
-    """A port for the model-service, chosen here: below INFO it never logs its own."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def running_stack(tmp: Path, setup: Setup) -> Iterator[Stack]:
-    """The upstream, then the model-service pointed at it, each its own process."""
-    started: list[Process] = []
-    try:
-        upstream = Process(
-            "upstream",
-            [
-                *("-m", "bench.model_overhead", "--serve-upstream", "--listen", "127.0.0.1:0"),
-                *("--event-delay-ms", str(setup.event_delay_ms)),
-            ],
-            tmp / "upstream.log",
-            ROOT,
-        )
-        started.append(upstream)
-        base = f"http://127.0.0.1:{upstream.wait_port('upstream')}/v1"
-        floor = f"127.0.0.1:{upstream.wait_port('floor')}"
+    """The upstream, the floor, then the model-service pointed at the upstream,
+    each its own process, so that no two of them share a GIL."""
+    with ExitStack() as stack:
+
+        def start(label: str, module: str, args: list[str], cwd: Path = ROOT) -> Process:
+            process = Process(label, module, args, tmp, cwd=cwd)
+            stack.callback(process.stop)
+            return process
+
+        delay = ["--event-delay-ms", str(setup.event_delay_ms)]
+        upstream = start("upstream", "bench.model_overhead", ["--serve-upstream", *delay])
+        floor.write_replies(tmp / "replies.json", floor_messages())
+        floor_args = ["--replies", str(tmp / "replies.json"), "--method", GENERATE_METHOD]
+        floor_process = start("floor", "bench.floor", floor_args)
+        base = f"http://{upstream.address}/v1"
         write_config(tmp / "model-home", base)
+        # Below INFO the model-service never logs its port: choose it here.
         address = f"127.0.0.1:{free_port()}"
         model_args = ["--listen", address, "--config-home", str(tmp / "model-home")]
         model_args += ["--log-level", setup.log_level] if setup.log_level else []
-        model = Process(
-            "model-service",
-            ["-m", "model_service", *model_args],
-            tmp / "model.log",
-            setup.service_root,
-        )
-        started.append(model)
+        model = start("model-service", "model_service", model_args, setup.service_root)
         model.wait_serving(address)
-        yield Stack(upstream, model, base, address, floor)
-    finally:
-        for process in reversed(started):
-            process.stop()
-
-
-# -- CPU ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CpuMeter:
-    """Per-process CPU: on a few cores, latency is mostly who burns the CPU."""
-
-    pids: dict[str, int]
-
-    def snapshot(self) -> dict[str, float]:
-        values = {label: cpu_seconds(pid) for label, pid in self.pids.items()}
-        return {label: v for label, v in values.items() if v is not None}
-
-    @staticmethod
-    def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-        return {k: after[k] - before[k] for k in before if k in after}
+        processes = {"model-service": model, "upstream": upstream, "floor": floor_process}
+        yield Stack(processes, base, address, floor_process.address)
 
 
 # -- the request and the two paths -------------------------------------------
@@ -521,19 +290,19 @@ class Shape:
 
 
 async def check_paths(
-    client: httpx.AsyncClient, stubs: tuple[Any, Any], url: str, stats_url: str
+    client: httpx.AsyncClient, stubs: tuple[Any, Any], url: str, last_body_url: str
 ) -> Shape:
     """One call each way: both complete, and the upstream read the same body from both."""
     request = model_request()
     body = responses_wire.encode_request(request)
     async with client.stream("POST", url, json=body, headers=direct_headers(request)) as response:
         sse = [line async for line in response.aiter_lines() if line.startswith("data:")]
-    direct_body = (await fetch_stats(client, stats_url))["last_body"]
+    direct_body = (await client.get(last_body_url)).json()
     stub, floor_stub = stubs
     events = [e async for e in stub.Generate(convert.request_to_pb(request))]
-    floor = [e async for e in floor_stub.Generate(convert.request_to_pb(request))]
-    same = [e.SerializeToString() for e in events] == [e.SerializeToString() for e in floor]
-    through_body = (await fetch_stats(client, stats_url))["last_body"]
+    floor_events = [e async for e in floor_stub.Generate(convert.request_to_pb(request))]
+    same = [e.SerializeToString() for e in events] == [e.SerializeToString() for e in floor_events]
+    through_body = (await client.get(last_body_url)).json()
     kinds = [e.WhichOneof("event") for e in events]
     expected = ["text_delta"] * len(PARTS) + ["item_done", "completed"]
     if kinds != expected:
@@ -544,51 +313,32 @@ async def check_paths(
     return Shape(size, len(sse), len(events), same)
 
 
-async def fetch_stats(client: httpx.AsyncClient, stats_url: str) -> dict[str, Any]:
-    """The upstream's service times since the last fetch, and the last body it read."""
-    response = await client.get(stats_url)
-    response.raise_for_status()
-    stats: dict[str, Any] = response.json()
-    return stats
-
-
 # -- timing ------------------------------------------------------------------
-
-
-async def timed(call: Call, into: list[float]) -> None:
-    begin = time.perf_counter()
-    await call()
-    into.append(time.perf_counter() - begin)
-
-
-async def run_block(call: Call, n: int, series: Series, meter: CpuMeter) -> list[float]:
-    """`n` calls one after another, their CPU charged to `series`."""
-    latencies: list[float] = []
-    before = meter.snapshot()
-    start = time.perf_counter()
-    for _ in range(n):
-        await timed(call, latencies)
-    series.wall += time.perf_counter() - start
-    series.add_cpu(meter.spent(before, meter.snapshot()))
-    series.latencies += latencies
-    return latencies
 
 
 @dataclass(frozen=True)
 class Paths:
-    """The three calls, in the order of `Mode.series()`."""
+    """The three calls, in the order of `Mode.series()`, each with the meter of
+    the processes it runs through."""
 
     direct: Call
     through: Call
     floor: Call
+    meter: CpuMeter
 
-    def runs(self, mode: Mode, forward: bool) -> list[tuple[Call, Series]]:
-        """Each call with its series; every other round runs backwards (ABBA)."""
-        pairs = list(zip((self.direct, self.through, self.floor), mode.series(), strict=True))
-        return pairs if forward else pairs[::-1]
+    def runs(self, mode: Mode, forward: bool) -> list[tuple[Call, Series, CpuMeter]]:
+        """Each call with its series and meter; every other round runs backwards (ABBA)."""
+        meters = (
+            self.meter.only("upstream", "client"),
+            self.meter.only("model-service", "upstream", "client"),
+            self.meter.only("floor", "client"),
+        )
+        calls = (self.direct, self.through, self.floor)
+        runs = list(zip(calls, mode.series(), meters, strict=True))
+        return runs if forward else runs[::-1]
 
 
-async def run_sequential(paths: Paths, counts: Counts, meter: CpuMeter) -> Mode:
+async def measure_sequential(paths: Paths, counts: Counts) -> Mode:
     """Blocks in ABBA order (direct, through, floor, floor, through, direct, ...)
     cancel linear drift; the k-th call of a through block pairs with the k-th of
     the direct block next to it, a few milliseconds apart, for the per-pair
@@ -596,34 +346,21 @@ async def run_sequential(paths: Paths, counts: Counts, meter: CpuMeter) -> Mode:
     mode = Mode("sequential")
     for b in range(counts.sequential // counts.block):
         got = {
-            id(series): await run_block(call, counts.block, series, meter)
-            for call, series in paths.runs(mode, b % 2 == 0)
+            id(series): await run_sequential([call] * counts.block, series, meter)
+            for call, series, meter in paths.runs(mode, b % 2 == 0)
         }
         direct, through = got[id(mode.direct)], got[id(mode.through)]
         mode.pairs += [t - d for d, t in zip(direct, through, strict=True)]
     return mode
 
 
-async def run_batch(call: Call, counts: Counts, series: Series, meter: CpuMeter) -> None:
-    """`clients` tasks at once, each making `per_client` calls back to back."""
-
-    async def client() -> None:
-        for _ in range(counts.per_client):
-            await timed(call, series.latencies)
-
-    before = meter.snapshot()
-    start = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(counts.clients)))
-    series.wall += time.perf_counter() - start
-    series.add_cpu(meter.spent(before, meter.snapshot()))
-
-
-async def run_concurrent(paths: Paths, counts: Counts, meter: CpuMeter) -> Mode:
-    """Batches of each path in ABBA order; calls are not paired (they queue)."""
+async def measure_concurrent(paths: Paths, counts: Counts) -> Mode:
+    """Batches of `clients` tasks, each making `per_client` calls back to back,
+    of each path in ABBA order; calls are not paired (they queue)."""
     mode = Mode(f"{counts.clients} concurrent")
     for r in range(counts.rounds):
-        for call, series in paths.runs(mode, r % 2 == 0):
-            await run_batch(call, counts, series, meter)
+        for call, series, meter in paths.runs(mode, r % 2 == 0):
+            await run_concurrent([[call] * counts.per_client] * counts.clients, series, meter)
     return mode
 
 
@@ -638,33 +375,32 @@ async def warm(paths: Paths, counts: Counts) -> None:
         await asyncio.gather(*(call() for _ in range(counts.clients)))
 
 
-async def measure(stack: Stack, setup: Setup, pids: dict[str, int]) -> tuple[list[Mode], Shape]:
+async def measure(stack: Stack, setup: Setup, meter: CpuMeter) -> tuple[list[Mode], Shape]:
     request = model_request()
     url = f"{stack.upstream_base}/responses"
-    stats_url = stack.upstream_base.removesuffix("/v1") + STATS_PATH
-    meter, counts = CpuMeter(pids), setup.counts
+    last_body_url = stack.upstream_base.removesuffix("/v1") + LAST_BODY_PATH
+    counts = setup.counts
     async with (
         direct_client() as client,
         grpc.aio.insecure_channel(stack.model_address, options=CHANNEL_OPTIONS) as channel,
-        grpc.aio.insecure_channel(stack.floor_address, options=CHANNEL_OPTIONS) as floor,
+        grpc.aio.insecure_channel(stack.floor_address, options=CHANNEL_OPTIONS) as floor_ch,
     ):
         stubs = (
             model_service_pb2_grpc.ModelServiceStub(channel),
-            model_service_pb2_grpc.ModelServiceStub(floor),
+            model_service_pb2_grpc.ModelServiceStub(floor_ch),
         )
-        shape = await check_paths(client, stubs, url, stats_url)
+        shape = await check_paths(client, stubs, url, last_body_url)
         paths = Paths(
             direct_call(client, url, request),
             through_call(stubs[0], request),
             through_call(stubs[1], request),
+            meter,
         )
         await warm(paths, counts)
         modes = []
-        for run in (run_sequential, run_concurrent):
-            await fetch_stats(client, stats_url)  # drop the service times so far
-            mode = await run(paths, counts, meter)
+        for run in (measure_sequential, measure_concurrent):
+            mode = await run(paths, counts)
             mode.paced = setup.event_delay_ms > 0
-            mode.upstream = (await fetch_stats(client, stats_url))["durations"]
             modes.append(mode)
     return modes, shape
 
@@ -674,10 +410,6 @@ async def measure(stack: Stack, setup: Setup, pids: dict[str, int]) -> tuple[lis
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}"
-
-
-def cpu_text(series: Series) -> str:
-    return ", ".join(f"{k} {v:.3f}" for k, v in series.cpu_ms_per_call().items())
 
 
 def verdict(modes: Sequence[Mode]) -> str:
@@ -704,68 +436,52 @@ def delta_lines(mode: Mode) -> list[str]:
             f"p50 {ms(percentile(mode.pairs, 50))} ms (95% CI {ms(low)}-{ms(high)}), "
             f"p99 {ms(percentile(mode.pairs, 99))} ms"
         )
-    if mode.upstream:
-        lines.append(
-            f"upstream service time, {mode.title} (in the upstream process, request read to "
-            f"last byte written, both paths): p50 {ms(percentile(mode.upstream, 50))} ms, "
-            f"p99 {ms(percentile(mode.upstream, 99))} ms"
-        )
     if mode.pairs and mode.paced:
         lines.append(f"grpc.aio floor, {mode.title}: not comparable, it streams without pauses")
     elif mode.pairs:
         lines.append(
             f"grpc.aio floor, {mode.title}: p50 {ms(mode.floor.p(50))} ms for the same messages "
-            "from a servicer with no upstream and no work; p50(through) - p50(direct) - "
+            "from a server with no upstream and no work; p50(through) - p50(direct) - "
             f"p50(floor) = {ms(mode.p50_delta() - mode.floor.p(50))} ms, roughly what the "
             "gateway's own work adds beyond the gRPC hop"
         )
     return lines
 
 
-def row(mode: Mode, s: Series) -> str:
-    return (
-        f"  {mode.title:<14} {s.name:<22} {len(s.latencies):>6} {ms(s.p(50)):>9} "
-        f"{ms(s.p(99)):>9} {s.per_second:>8.0f}  {cpu_text(s)}"
+def table(modes: Sequence[Mode]) -> Table:
+    figures = Table(
+        ["mode", "path", "n", "p50 ms", "p99 ms", "per s", "CPU ms per call"],
+        [False, False, True, True, True, True, False],
     )
+    for mode in modes:
+        for s in mode.series():
+            figures.add(
+                mode.title,
+                s.name,
+                len(s.latencies),
+                ms(s.p(50)),
+                ms(s.p(99)),
+                f"{s.per_second:.0f}",
+                s.cpu_text(3),
+            )
+    return figures
 
 
-def table(modes: Sequence[Mode]) -> str:
-    lines = [
-        f"  {'mode':<14} {'path':<22} {'n':>6} {'p50 ms':>9} {'p99 ms':>9} {'per s':>8}  "
-        "CPU ms per call"
-    ]
-    for mode in modes:
-        lines += [row(mode, s) for s in mode.series()]
-    lines.append("")
-    for mode in modes:
-        lines += delta_lines(mode)
-    lines += ["", verdict(modes)]
-    return "\n".join(lines)
+def notes(modes: Sequence[Mode]) -> list[str]:
+    return [*(line for mode in modes for line in delta_lines(mode)), verdict(modes)]
 
 
 def markdown(header: Sequence[str], modes: Sequence[Mode]) -> str:
-    lines = [f"**Spindle model-service overhead** ({header[0]})", ""]
-    lines += [
-        "| mode | path | n | p50 ms | p99 ms | per s | CPU ms per call |",
-        "|---|---|---:|---:|---:|---:|---|",
-    ]
-    for mode in modes:
-        for s in mode.series():
-            lines.append(
-                f"| {mode.title} | {s.name} | {len(s.latencies)} | {ms(s.p(50))} "
-                f"| {ms(s.p(99))} | {s.per_second:.0f} | {cpu_text(s)} |"
-            )
-    lines.append("")
-    lines += [f"- {line}" for mode in modes for line in delta_lines(mode)]
-    lines += [f"- {verdict(modes)}", *(f"- {line}" for line in header[1:])]
+    lines = [f"**Spindle model-service overhead** ({header[0]})", "", table(modes).markdown(), ""]
+    lines += [f"- {line}" for line in [*notes(modes), *header[1:]]]
     return "\n".join(lines)
 
 
 def mode_json(mode: Mode) -> dict[str, Any]:
     data: dict[str, Any] = {
-        "direct": mode.direct.as_json(),
-        "through": mode.through.as_json(),
-        "floor": mode.floor.as_json(),
+        "direct": mode.direct.as_json(4),
+        "through": mode.through.as_json(4),
+        "floor": mode.floor.as_json(4),
         "p50_delta_ms": round(mode.p50_delta() * 1e3, 4),
         "p99_delta_ms": round(mode.p99_delta() * 1e3, 4),
     }
@@ -776,12 +492,6 @@ def mode_json(mode: Mode) -> dict[str, Any]:
             "p50": round(percentile(mode.pairs, 50) * 1e3, 4),
             "p50_ci95": [round(low * 1e3, 4), round(high * 1e3, 4)],
             "p99": round(percentile(mode.pairs, 99) * 1e3, 4),
-        }
-    if mode.upstream:
-        data["upstream_service_ms"] = {
-            "n": len(mode.upstream),
-            "p50": round(percentile(mode.upstream, 50) * 1e3, 4),
-            "p99": round(percentile(mode.upstream, 99) * 1e3, 4),
         }
     return data
 
@@ -798,16 +508,15 @@ def as_json(header: Sequence[str], modes: Sequence[Mode], counts: Counts) -> dic
 
 
 def header(setup: Setup, load_before: str, shape: Shape) -> list[str]:
-    today = datetime.date.today().isoformat()
     counts = setup.counts
     log_level = setup.log_level or os.environ.get("SPINDLE_LOG_LEVEL", "INFO (its default)")
     return [
-        f"{today}, {os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}, "
-        f"grpcio {grpc.__version__}, httpx {httpx.__version__}",
+        machine_line(httpx=httpx.__version__),
         f"command: {setup.command}",
-        "processes: upstream (python -m bench.model_overhead --serve-upstream), model-service "
-        f"(python -m model_service from {setup.service_root}, log level {log_level}), "
-        "this client; loopback",
+        "processes: upstream (tests.upstream.UpstreamServer, run by python -m "
+        "bench.model_overhead --serve-upstream), model-service (python -m model_service from "
+        f"{setup.service_root}, log level {log_level}), floor (python -m bench.floor), this "
+        "client; loopback",
         f"{shape.text()}; the upstream sends them one write each, {setup.event_delay_ms:g} ms "
         "apart",
         f"sequential: {counts.sequential} calls per path in alternating blocks of "
@@ -815,7 +524,7 @@ def header(setup: Setup, load_before: str, shape: Shape) -> list[str]:
         f"{counts.rounds} batch(es) per path (ABBA); warm-up {counts.warmup} calls per path",
         "latency: request start to the last byte of the stream (httpx) or the end of the "
         "gRPC stream; percentiles nearest-rank",
-        f"load average (1 min): {load_before} before the run, {load_text()} after",
+        load_line(load_before),
     ]
 
 
@@ -828,19 +537,14 @@ def run(setup: Setup) -> tuple[list[str], list[Mode]]:
         tempfile.TemporaryDirectory(prefix="spindle-bench-") as name,
         running_stack(Path(name), setup) as stack,
     ):
-        pids = {
-            "model-service": stack.model.proc.pid,
-            "upstream+floor": stack.upstream.proc.pid,
-            "client": os.getpid(),
-        }
-        modes, shape = asyncio.run(measure(stack, setup, pids))
+        pids = {label: process.pid for label, process in stack.processes.items()}
+        meter = CpuMeter({**pids, "client": os.getpid()})
+        modes, shape = asyncio.run(measure(stack, setup, meter))
     return header(setup, load_before, shape), modes
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write figures here")
+    parser = arguments(__doc__)
     parser.add_argument(
         "--service-root",
         type=Path,
@@ -862,30 +566,30 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     # The upstream runs this module in a child process.
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--listen", default="127.0.0.1:0", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.serve_upstream:
-        asyncio.run(serve_upstream(args.listen, args.event_delay_ms / 1e3))
+        serve_upstream(args.event_delay_ms / 1e3)
         return
     setup = Setup(
         counts=QUICK if args.quick else FULL,
-        command=" ".join(["PYTHONPATH=. python bench/model_overhead.py", *sys.argv[1:]]),
+        command=" ".join(["python -m bench.model_overhead", *sys.argv[1:]]),
         service_root=args.service_root.resolve(),
         log_level=args.service_log_level,
         event_delay_ms=args.event_delay_ms,
     )
     head, modes = run(setup)
     print("\n" + "\n".join(head) + "\n")
-    print(table(modes))
+    print(table(modes).text())
+    print()
+    print("\n".join(notes(modes)))
     print("\n--- markdown ---\n")
     print(markdown(head, modes))
     if args.json is not None:
-        args.json.write_text(json.dumps(as_json(head, modes, setup.counts), indent=2) + "\n")
-        print(f"\nfigures written to {args.json}")
+        write_json(args.json, as_json(head, modes, setup.counts))
 
 
 if __name__ == "__main__":

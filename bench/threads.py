@@ -1,13 +1,16 @@
-"""Spindle thread benchmark: fork, resume and turn latency through real gRPC.
+"""Spindle thread benchmark: forks, resumes and turns through real gRPC.
 
-Both services run as real processes on loopback (`python -m model_service`,
-`python -m thread_service`), and so does a bare `grpc.aio` echo server, so
-that the turn figures can be read against the floor a gRPC round trip sets
-on this machine. The client is one `grpc.aio` channel per server, driven
-from one asyncio loop. Everything is measured in one run and printed as a
-table and as markdown; nothing is asserted about timing.
+They are measured on SQLite and (with `--store`) on PostgreSQL, side by side,
+against floors measured in the same run. Every server is a real process on
+loopback: one model-service for the whole run, a thread-service per store
+(three replicas on PostgreSQL), and the floors, bare `grpc.aio` servers
+(`bench.floor`): a unary echo, and 1-hop and 2-hop (client, hop, echo)
+streams of the messages a real short turn streams. The client is one
+`grpc.aio` channel per server, driven from one asyncio loop. Long threads are
+written through the store before the thread-service starts. Nothing is
+asserted about timing.
 
-    PYTHONPATH=. python bench/threads.py [--quick] [--json PATH]
+    python -m bench.threads [--quick] [--store postgresql://USER@HOST:PORT/DB] [--json PATH]
 """
 
 from __future__ import annotations
@@ -15,43 +18,46 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import datetime
-import json
-import math
 import os
-import platform
-import signal
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 
-from bench.machine import cpu_model, cpu_seconds, load_text
-from spindle.items import Message, Phase, Role
-from spindle.model import Usage
-from spindle.serving import CHANNEL_OPTIONS, SERVER_OPTIONS
+from bench import floor
+from bench.history import Where, build_threads
+from bench.report import SMALL_ITEMS, PostgresRun, Report, SQLiteRun
+from bench.toolkit import (
+    Call,
+    CpuMeter,
+    Pids,
+    Process,
+    Series,
+    arguments,
+    channel,
+    load_text,
+    pids_matching,
+    run_concurrent,
+    run_sequential,
+    warm,
+)
 from spindle.v1 import common_pb2, model_service_pb2, model_service_pb2_grpc
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
-from tests.harness import ServiceProcess
-from thread_service.records import Entry, TurnRecord, TurnStatus
+from tests.postgres import with_database
 from thread_service.settings import ThreadServiceSettings
-from thread_service.stores.sqlite import SQLiteStore
-from thread_service.threads import Threads
-from thread_service.trust import ProjectTrust
 
-FORK_RATIO_TARGET = 1.5
-ECHO_METHOD = "/spindle.bench.Echo/Echo"
 USER_TEXT = "hello, how are you today?"
-
-Call = Callable[[], Awaitable[None]]
+SLOW_TEXT = "/slow 30 some text"  # the embedded provider streams it over 30 s
+TURN_CPU = ("thread-service", "model-service", "client")
 
 
 @dataclass(frozen=True)
@@ -64,217 +70,54 @@ class Counts:
     seq_threads: int
     clients: int
     turns_per_client: int
-    echo_seq: int
-    echo_per_client: int
+    threads_per_client: int
+    floor_seq: int
+    floor_per_client: int
     probes: int
     warmup: int
     large_items: int
+    long_items: tuple[int, ...]
+    long_rounds: int
+    replica_rounds: int
+    interrupts: int
 
 
-FULL = Counts(200, 200, 300, 10, 32, 20, 1000, 50, 200, 20, 10_000)
-QUICK = Counts(30, 30, 40, 4, 32, 2, 200, 10, 30, 5, 10_000)
-
-
-@dataclass
-class Series:
-    """Latencies of one figure, and the wall time of the whole batch."""
-
-    name: str
-    latencies: list[float]
-    wall: float
-    note: str = ""
-    # CPU milliseconds per call, by process (Linux only; empty elsewhere).
-    cpu_ms: dict[str, float] = field(default_factory=dict)
-
-    def percentile(self, p: float) -> float:
-        """Nearest-rank percentile, in seconds: no interpolation to flatter p99."""
-        ordered = sorted(self.latencies)
-        return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-    @property
-    def per_second(self) -> float:
-        return len(self.latencies) / self.wall if self.wall else 0.0
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "n": len(self.latencies),
-            "p50_ms": round(self.percentile(50) * 1e3, 3),
-            "p99_ms": round(self.percentile(99) * 1e3, 3),
-            "per_second": round(self.per_second, 1),
-            "wall_s": round(self.wall, 3),
-            "note": self.note,
-            "cpu_ms_per_call": {k: round(v, 3) for k, v in self.cpu_ms.items()},
-        }
-
-    def cpu_text(self) -> str:
-        return ", ".join(f"{k} {v:.2f}" for k, v in self.cpu_ms.items())
-
-
-@dataclass
-class Report:
-    """Everything one run measured, in print order."""
-
-    header: list[str] = field(default_factory=list)
-    sections: list[tuple[str, list[Series]]] = field(default_factory=list)
-    ratios: dict[str, float] = field(default_factory=dict)
-
-    def series(self) -> list[Series]:
-        return [s for _, group in self.sections for s in group]
-
-
-# -- timing ------------------------------------------------------------------
-
-
-async def run_sequential(name: str, calls: Sequence[Call], note: str = "") -> Series:
-    """Each call alone: latency is the service's, not a queue's."""
-    latencies: list[float] = []
-    start = time.perf_counter()
-    for call in calls:
-        begin = time.perf_counter()
-        await call()
-        latencies.append(time.perf_counter() - begin)
-    return Series(name, latencies, time.perf_counter() - start, note)
-
-
-async def run_concurrent(name: str, clients: Sequence[Sequence[Call]], note: str = "") -> Series:
-    """One task per client, each running its calls back to back, all at once."""
-    latencies: list[float] = []
-
-    async def client(calls: Sequence[Call]) -> None:
-        for call in calls:
-            begin = time.perf_counter()
-            await call()
-            latencies.append(time.perf_counter() - begin)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(client(calls) for calls in clients))
-    return Series(name, latencies, time.perf_counter() - start, note)
-
-
-@dataclass(frozen=True)
-class CpuMeter:
-    """Which processes a figure's CPU cost is read from: on 2 cores, latency
-    under load is mostly a matter of who burns the CPU."""
-
-    pids: dict[str, int]
-
-    def only(self, *labels: str) -> CpuMeter:
-        return CpuMeter({k: v for k, v in self.pids.items() if k in labels})
-
-    def snapshot(self) -> dict[str, float]:
-        values = {label: cpu_seconds(pid) for label, pid in self.pids.items()}
-        return {label: v for label, v in values.items() if v is not None}
-
-    async def measure(self, batch: Awaitable[Series]) -> Series:
-        before = self.snapshot()
-        series = await batch
-        after = self.snapshot()
-        calls = max(1, len(series.latencies))
-        series.cpu_ms = {k: (after[k] - before[k]) * 1e3 / calls for k in before if k in after}
-        return series
-
-
-async def warm(calls: Sequence[Call]) -> None:
-    """Run calls and drop their timings: first calls pay for connections and caches."""
-    for call in calls:
-        await call()
-
-
-# -- building the parents ----------------------------------------------------
-
-
-async def build_parent(data_dir: Path, config_home: Path, cwd: Path, items: int) -> str:
-    """A root thread of `items` items (user message + final answer per turn),
-    written through the store API, as the service would write them."""
-    store = await SQLiteStore.open(data_dir / "spindle.sqlite3", "OFF")
-    try:
-        threads = Threads(
-            store,
-            ProjectTrust(config_home),
-            default_model=ThreadServiceSettings().default_model,
-            max_spawn_depth=ThreadServiceSettings().max_spawn_depth,
-        )
-        thread = (await threads.start(str(cwd))).thread
-        for i in range(items // 2):
-            turn = TurnRecord(str(uuid.uuid4()), thread.id, TurnStatus.RUNNING, time.time())
-            question = f"question {i}: what does step {i} of the plan change?"
-            await store.begin_turn(turn, [Entry.of(Message(Role.USER, question))])
-            answer = Message(Role.ASSISTANT, f"echo: {question}", Phase.FINAL_ANSWER)
-            await store.finish_turn(
-                turn.id, TurnStatus.COMPLETED, Usage(), None, [Entry.of(answer)]
-            )
-        return thread.id
-    finally:
-        await store.close()
-
-
-# -- servers -----------------------------------------------------------------
-
-
-@dataclass
-class Services:
-    model: ServiceProcess
-    thread: ServiceProcess
-    echo: ServiceProcess
-
-
-@contextmanager
-def running_services(tmp: Path, synchronous: str) -> Iterator[Services]:
-    """Model-service, thread-service and echo server, each its own process."""
-    started: list[ServiceProcess] = []
-    try:
-        model = ServiceProcess("model_service", ["--config-home", str(tmp / "model-home")])
-        started.append(model)
-        thread_args = [
-            *("--model-service", model.address),
-            *("--data-dir", str(tmp / "data")),
-            *("--config-home", str(tmp / "home")),
-            *("--sqlite-synchronous", synchronous),
-        ]
-        thread = ServiceProcess("thread_service", thread_args)
-        started.append(thread)
-        echo = ServiceProcess("bench.threads", ["--serve-echo"])
-        started.append(echo)
-        for process in started:
-            _ = process.port
-        yield Services(model, thread, echo)
-    finally:
-        for process in reversed(started):
-            process.stop()
-
-
-def _identity(data: bytes) -> bytes:
-    return data
-
-
-async def _echo(request: bytes, context: Any) -> bytes:
-    return request
-
-
-async def serve_echo(listen: str) -> None:
-    """The baseline: a unary echo of raw bytes, nothing else on the server."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    handler = grpc.unary_unary_rpc_method_handler(
-        _echo, request_deserializer=_identity, response_serializer=_identity
-    )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("spindle.bench.Echo", {"Echo": handler}),)
-    )
-    port = server.add_insecure_port(listen)
-    await server.start()
-    print(f"echo listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await server.stop(0)
-
-
-@asynccontextmanager
-async def channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as ch:
-        await ch.channel_ready()
-        yield ch
+FULL = Counts(
+    forks=200,
+    resumes=200,
+    seq_turns=300,
+    seq_threads=100,
+    clients=32,
+    turns_per_client=20,
+    threads_per_client=5,
+    floor_seq=1000,
+    floor_per_client=50,
+    probes=200,
+    warmup=20,
+    large_items=10_000,
+    long_items=(1_000, 10_000, 100_000),
+    long_rounds=10,
+    replica_rounds=2,
+    interrupts=20,
+)
+QUICK = Counts(
+    forks=30,
+    resumes=30,
+    seq_turns=40,
+    seq_threads=20,
+    clients=32,
+    turns_per_client=2,
+    threads_per_client=2,
+    floor_seq=200,
+    floor_per_client=10,
+    probes=30,
+    warmup=5,
+    large_items=10_000,
+    long_items=(1_000, 10_000),
+    long_rounds=3,
+    replica_rounds=1,
+    interrupts=5,
+)
 
 
 # -- calls -------------------------------------------------------------------
@@ -282,6 +125,10 @@ async def channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
 
 def user_input(text: str = USER_TEXT) -> common_pb2.Item:
     return common_pb2.Item(message=common_pb2.Message(role=common_pb2.ROLE_USER, text=text))
+
+
+def turn_request(thread_id: str, text: str = USER_TEXT) -> pb.RunTurnRequest:
+    return pb.RunTurnRequest(thread_id=thread_id, input=[user_input(text)])
 
 
 def fork_call(stub: pb_grpc.ThreadServiceStub, parent_id: str) -> Call:
@@ -294,9 +141,11 @@ def fork_call(stub: pb_grpc.ThreadServiceStub, parent_id: str) -> Call:
     return call
 
 
-def resume_call(stub: pb_grpc.ThreadServiceStub, thread_id: str) -> Call:
+def unary_call(method: Callable[[Any], Awaitable[object]], request: object) -> Call:
+    """A unary call whose answer is dropped (ResumeThread, GetThread, the echo)."""
+
     async def call() -> None:
-        await stub.ResumeThread(pb.ResumeThreadRequest(thread_id=thread_id))
+        await method(request)
 
     return call
 
@@ -306,9 +155,7 @@ def turn_call(stub: pb_grpc.ThreadServiceStub, thread_id: str) -> Call:
 
     async def call() -> None:
         last = None
-        async for event in stub.RunTurn(
-            pb.RunTurnRequest(thread_id=thread_id, input=[user_input()])
-        ):
+        async for event in stub.RunTurn(turn_request(thread_id)):
             last = event
         if last is None or last.turn_completed.status != pb.TURN_STATUS_COMPLETED:
             raise RuntimeError(f"turn on {thread_id} did not complete: {last}")
@@ -316,15 +163,244 @@ def turn_call(stub: pb_grpc.ThreadServiceStub, thread_id: str) -> Call:
     return call
 
 
-def get_thread_call(stub: pb_grpc.ThreadServiceStub, thread_id: str) -> Call:
+def stream_call(ch: grpc.aio.Channel, request: bytes) -> Call:
+    method = ch.unary_stream(floor.STREAM_METHOD, request_serializer=floor.raw)
+
     async def call() -> None:
-        await stub.GetThread(pb.GetThreadRequest(thread_id=thread_id))
+        async for _ in method(request):
+            pass
 
     return call
 
 
-def generate_call(stub: model_service_pb2_grpc.ModelServiceStub, thread_id: str) -> Call:
-    """The model-service hop alone, with a first turn's prompt."""
+async def start_threads(stub: pb_grpc.ThreadServiceStub, cwd: Path, count: int) -> list[str]:
+    replies = [await stub.StartThread(pb.StartThreadRequest(cwd=str(cwd))) for _ in range(count)]
+    return [reply.thread.id for reply in replies]
+
+
+async def run_alternating(
+    named: Sequence[tuple[str, Call]], rounds: int, meter: CpuMeter | None = None
+) -> list[Series]:
+    """The calls take turns, so drift over the run (WAL growth, page cache,
+    CPU frequency) weighs on each of them alike; per s is one over the mean.
+    With a meter, each call's CPU is read once the processes are quiet, so
+    that a long call's aftermath is not charged to the next."""
+    series = [Series(name) for name, _ in named]
+    for _ in range(rounds):
+        for s, (_, call) in zip(series, named, strict=True):
+            await run_sequential([call], s, meter, settle=meter is not None)
+    for s in series:
+        s.wall = sum(s.latencies)
+    return series
+
+
+# -- processes ---------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    """One run: its folder, its counts, and the processes it started, each
+    stopped when the run ends (thread-services as soon as their store is done)."""
+
+    tmp: Path
+    counts: Counts
+    synchronous: str
+    stack: ExitStack
+    cwd: Path = field(init=False)
+    thread_services: list[Process] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.cwd = self.tmp / "work"
+        self.cwd.mkdir()
+
+    def start(self, label: str, module: str, args: Sequence[str]) -> Process:
+        process = Process(label, module, ["--listen", "127.0.0.1:0", *args], self.tmp)
+        self.stack.callback(process.stop)
+        _ = process.port()
+        return process
+
+    def thread_service(self, model: Process, where: Where) -> Process:
+        """One more thread-service on the store `where` names."""
+        store = ["--store", where.postgres_url] if where.postgres_url else []
+        args = [
+            *("--model-service", model.address),
+            *("--data-dir", str(where.data_dir)),
+            *("--config-home", str(where.config_home)),
+            *("--sqlite-synchronous", self.synchronous),
+            *store,
+        ]
+        kind = "postgres" if where.postgres_url else "sqlite"
+        label = f"thread-service-{kind}-{len(self.thread_services) + 1}"
+        self.thread_services.append(self.start(label, "thread_service", args))
+        return self.thread_services[-1]
+
+    def stop_thread_services(self) -> None:
+        for process in self.thread_services:
+            process.stop()
+        self.thread_services = []
+
+
+@contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the server for this run, dropped afterwards."""
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(server_url, name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- one store: forks, resumes, reads and turns ------------------------------
+
+
+@dataclass(frozen=True)
+class Parents:
+    small: str
+    large: str
+    large_items: int
+
+
+async def fork_child_length(stub: pb_grpc.ThreadServiceStub, parent_id: str) -> tuple[str, int]:
+    """A fresh fork of the parent and its history length, as ResumeThread reports it."""
+    fork = pb.ForkOptions(parent_spawn_call_id="call_check", mode=pb.FORK_MODE_FULL_HISTORY)
+    reply = await stub.SpawnThread(pb.SpawnThreadRequest(parent_id=parent_id, fork=fork))
+    resumed = await stub.ResumeThread(pb.ResumeThreadRequest(thread_id=reply.thread.id))
+    return reply.thread.id, int(resumed.history_length)
+
+
+async def measure_forks_and_resumes(
+    stub: pb_grpc.ThreadServiceStub, parents: Parents, counts: Counts
+) -> list[Series]:
+    large = f"{parents.large_items:,}"
+    forks = [
+        (f"fork, parent of {SMALL_ITEMS} items", fork_call(stub, parents.small)),
+        (f"fork, parent of {large} items", fork_call(stub, parents.large)),
+    ]
+    await warm([call for _, call in forks] * counts.warmup)
+    series = await run_alternating(forks, counts.forks)
+    child, length = await fork_child_length(stub, parents.large)
+    if length != parents.large_items:
+        # Not a timing check: a fork that lost history would make every figure moot.
+        raise RuntimeError(f"a fork of the large parent holds {length} items, not {large}")
+    resumes = [
+        (f"resume, {SMALL_ITEMS} items", parents.small),
+        (f"resume, {large} items", parents.large),
+        (f"resume, fork of the {large} parent", child),
+    ]
+    named = [
+        (name, unary_call(stub.ResumeThread, pb.ResumeThreadRequest(thread_id=thread_id)))
+        for name, thread_id in resumes
+    ]
+    await warm([call for _, call in named] * counts.warmup)
+    series += await run_alternating(named, counts.resumes)
+    series[-1].note = f"{length:,} inherited items"
+    return series
+
+
+async def measure_turns(
+    stubs: Sequence[pb_grpc.ThreadServiceStub],
+    meter: CpuMeter,
+    cwd: Path,
+    counts: Counts,
+    series: Series,
+) -> None:
+    """32 clients at once, each on threads of its own (a thread runs one turn
+    at a time), client i on replica i mod len(stubs); fresh threads, warmed by
+    one turn each, so histories stay short."""
+    per = counts.threads_per_client
+    owned = [await start_threads(stubs[i % len(stubs)], cwd, per) for i in range(counts.clients)]
+    clients = [
+        [turn_call(stubs[i % len(stubs)], ids[k % per]) for k in range(counts.turns_per_client)]
+        for i, ids in enumerate(owned)
+    ]
+    await asyncio.gather(*(warm(calls[:per]) for calls in clients))
+    end = 2 + 2 * -(-counts.turns_per_client // per)
+    series.note = f"{per} threads per client, 2->{end} items"
+    await run_concurrent(clients, series, meter, settle=True)
+
+
+async def measure_store(
+    stub: pb_grpc.ThreadServiceStub, meter: CpuMeter, parents: Parents, bench: Bench
+) -> list[Series]:
+    """The figures compared across stores, with one thread-service."""
+    counts = bench.counts
+    series = await measure_forks_and_resumes(stub, parents, counts)
+    get = unary_call(stub.GetThread, pb.GetThreadRequest(thread_id=parents.small))
+    await warm([get] * counts.warmup)
+    series.append(Series("GetThread", note="unary read"))
+    get_meter = meter.only("thread-service", "client")
+    await run_sequential([get] * counts.probes, series[-1], get_meter, settle=True)
+    # Sequential turns: one at a time over many threads, warmed by one turn each.
+    ids = await start_threads(stub, bench.cwd, counts.seq_threads)
+    await warm([turn_call(stub, t) for t in ids])
+    calls = [turn_call(stub, ids[i % len(ids)]) for i in range(counts.seq_turns)]
+    end = 2 + 2 * -(-counts.seq_turns // len(ids))
+    series.append(Series("turn, sequential", note=f"{len(ids)} threads in turn, 2->{end} items"))
+    await run_sequential(calls, series[-1], meter, settle=True)
+    series.append(Series(f"turn, {counts.clients} concurrent"))
+    await measure_turns([stub], meter, bench.cwd, counts, series[-1])
+    return series
+
+
+# -- floors, long threads and the model hop (run once, beside SQLite) --------
+
+
+async def record_turn(stub: pb_grpc.ThreadServiceStub, cwd: Path) -> list[bytes]:
+    """The messages a short turn streams, byte for byte, for the floors to stream."""
+    (thread_id,) = await start_threads(stub, cwd, 1)
+    return [e.SerializeToString() async for e in stub.RunTurn(turn_request(thread_id))]
+
+
+def start_floors(bench: Bench, replies: Sequence[bytes]) -> tuple[Process, Process]:
+    """The echo floor, and the hop that relays its stream."""
+    path = bench.tmp / "turn-replies.json"
+    floor.write_replies(path, replies)
+    echo = bench.start("echo", "bench.floor", ["--replies", str(path)])
+    hop = bench.start("hop", "bench.floor", ["--relay", echo.address])
+    return echo, hop
+
+
+async def measure_floors(
+    echo: grpc.aio.Channel, hop: grpc.aio.Channel, meter: CpuMeter, counts: Counts, size: int
+) -> list[Series]:
+    """Each floor sequentially and with as many callers as the turns had clients."""
+    request = turn_request(str(uuid.uuid4())).SerializeToString()
+    unary = echo.unary_unary(floor.ECHO_METHOD, request_serializer=floor.raw)
+    got = [
+        m
+        async for m in hop.unary_stream(floor.STREAM_METHOD, request_serializer=floor.raw)(request)
+    ]
+    if len(got) != size:
+        raise RuntimeError(f"the 2-hop floor streamed {len(got)} messages, not {size}")
+    floors = [
+        ("unary echo", unary_call(unary, request), meter.only("echo", "client")),
+        (f"stream of {size}, 1 hop", stream_call(echo, request), meter.only("echo", "client")),
+        (
+            f"stream of {size}, 2 hops",
+            stream_call(hop, request),
+            meter.only("echo", "hop", "client"),
+        ),
+    ]
+    series = []
+    for name, call, floor_meter in floors:
+        await warm([call] * counts.warmup * 5)
+        seq = Series(f"{name}, sequential")
+        await run_sequential([call] * counts.floor_seq, seq, floor_meter, settle=True)
+        conc = Series(f"{name}, {counts.clients} concurrent")
+        clients = [[call] * counts.floor_per_client] * counts.clients
+        await run_concurrent(clients, conc, floor_meter, settle=True)
+        series += [seq, conc]
+    return series
+
+
+async def measure_model_hop(ch: grpc.aio.Channel, meter: CpuMeter, counts: Counts) -> Series:
+    """The model-service alone, called directly with a first turn's prompt: the
+    second hop of a turn, with its work."""
+    stub = model_service_pb2_grpc.ModelServiceStub(ch)
+    thread_id = str(uuid.uuid4())
     request = model_service_pb2.GenerateRequest(
         input=[user_input()],
         prompt_cache_key=thread_id,
@@ -336,339 +412,209 @@ def generate_call(stub: model_service_pb2_grpc.ModelServiceStub, thread_id: str)
         async for _ in stub.Generate(request):
             pass
 
-    return call
-
-
-def echo_call(ch: grpc.aio.Channel) -> Call:
-    method = ch.unary_unary(ECHO_METHOD, request_serializer=_identity)
-    payload = pb.RunTurnRequest(thread_id=str(uuid.uuid4()), input=[user_input()])
-    body = payload.SerializeToString()
-
-    async def call() -> None:
-        await method(body)
-
-    return call
-
-
-async def start_threads(stub: pb_grpc.ThreadServiceStub, cwd: Path, count: int) -> list[str]:
-    replies = [await stub.StartThread(pb.StartThreadRequest(cwd=str(cwd))) for _ in range(count)]
-    return [reply.thread.id for reply in replies]
-
-
-# -- the measurements --------------------------------------------------------
-
-
-async def run_alternating(named: Sequence[tuple[str, Call]], rounds: int) -> list[Series]:
-    """The calls take turns, so drift over the run (WAL growth, page cache,
-    CPU frequency) weighs on each of them alike."""
-    latencies: dict[str, list[float]] = {name: [] for name, _ in named}
-    for _ in range(rounds):
-        for name, call in named:
-            begin = time.perf_counter()
-            await call()
-            latencies[name].append(time.perf_counter() - begin)
-    return [Series(name, values, sum(values)) for name, values in latencies.items()]
-
-
-@dataclass(frozen=True)
-class Parents:
-    small: str
-    large: str
-    small_items: int
-    large_items: int
-
-
-async def measure_forks(
-    stub: pb_grpc.ThreadServiceStub, parents: Parents, counts: Counts
-) -> list[Series]:
-    named = [
-        (f"fork, parent of {parents.small_items:,} items", fork_call(stub, parents.small)),
-        (f"fork, parent of {parents.large_items:,} items", fork_call(stub, parents.large)),
-    ]
-    await warm([call for _, call in named] * counts.warmup)
-    return await run_alternating(named, counts.forks)
-
-
-async def fork_child_length(stub: pb_grpc.ThreadServiceStub, parent_id: str) -> tuple[str, int]:
-    """A fresh fork of the parent and its history length, as ResumeThread reports it."""
-    fork = pb.ForkOptions(parent_spawn_call_id="call_check", mode=pb.FORK_MODE_FULL_HISTORY)
-    reply = await stub.SpawnThread(pb.SpawnThreadRequest(parent_id=parent_id, fork=fork))
-    resumed = await stub.ResumeThread(pb.ResumeThreadRequest(thread_id=reply.thread.id))
-    return reply.thread.id, int(resumed.history_length)
-
-
-async def measure_resumes(
-    stub: pb_grpc.ThreadServiceStub, parents: Parents, counts: Counts
-) -> list[Series]:
-    child, length = await fork_child_length(stub, parents.large)
-    if length != parents.large_items:
-        # Not a timing check: a fork that lost history would make every figure moot.
-        raise RuntimeError(
-            f"a fork of the large parent holds {length} items, not {parents.large_items}"
-        )
-    named = [
-        (f"resume, {parents.small_items:,} items", resume_call(stub, parents.small)),
-        (f"resume, {parents.large_items:,} items", resume_call(stub, parents.large)),
-        (f"resume, fork of the {parents.large_items:,} parent", resume_call(stub, child)),
-    ]
-    await warm([call for _, call in named] * counts.warmup)
-    series = await run_alternating(named, counts.resumes)
-    series[2].note = f"{length:,} inherited items"
+    await warm([call] * counts.warmup)
+    series = Series("Generate, model-service alone", note="1 hop, the embedded provider")
+    model_meter = meter.only("model-service", "client")
+    await run_sequential([call] * counts.probes, series, model_meter, settle=True)
     return series
 
 
-TURN_CPU = ("thread-service", "model-service", "client")
-
-
-async def measure_turns(
-    stub: pb_grpc.ThreadServiceStub, meter: CpuMeter, cwd: Path, counts: Counts
+async def measure_long_threads(
+    stub: pb_grpc.ThreadServiceStub, meter: CpuMeter, long_ids: Sequence[str], bench: Bench
 ) -> list[Series]:
-    """Sequential turns over a few threads, then one thread per concurrent client."""
-    meter = meter.only(*TURN_CPU)
-    seq_ids = await start_threads(stub, cwd, counts.seq_threads)
-    warm_rounds = max(1, counts.warmup // len(seq_ids))
-    await warm([turn_call(stub, t) for t in seq_ids] * warm_rounds)
-    calls = [turn_call(stub, seq_ids[i % len(seq_ids)]) for i in range(counts.seq_turns)]
-    # A turn sends the whole history to the model, so say how long it grew.
-    end = 2 * (warm_rounds + math.ceil(counts.seq_turns / len(seq_ids)))
-    note = f"{len(seq_ids)} threads in turn, {2 * warm_rounds}->{end} items"
-    seq = await meter.measure(run_sequential("turn, sequential", calls, note))
-    client_ids = await start_threads(stub, cwd, counts.clients)
-    await asyncio.gather(*(turn_call(stub, t)() for t in client_ids))
-    clients = [[turn_call(stub, t)] * counts.turns_per_client for t in client_ids]
-    note = f"{counts.clients} tasks, a thread each, 2->{2 + 2 * counts.turns_per_client} items"
-    name = f"turn, {counts.clients} concurrent"
-    conc = await meter.measure(run_concurrent(name, clients, note))
-    return [seq, conc]
+    """Turns on threads of growing length, taking turns with a short one (a
+    fresh thread each round, warmed by one turn: 2 items)."""
+    counts = bench.counts
+    short = await start_threads(stub, bench.cwd, counts.long_rounds)
+    await warm([turn_call(stub, t) for t in [*short, *long_ids]])
+    shorts = iter(short)
 
+    async def short_turn() -> None:
+        await turn_call(stub, next(shorts))()
 
-async def measure_echo(ch: grpc.aio.Channel, meter: CpuMeter, counts: Counts) -> list[Series]:
-    meter = meter.only("echo-server", "client")
-    call = echo_call(ch)
-    await warm([call] * counts.warmup * 5)
-    seq = await meter.measure(run_sequential("echo, sequential", [call] * counts.echo_seq))
-    clients = [[call] * counts.echo_per_client] * counts.clients
-    conc = await meter.measure(run_concurrent(f"echo, {counts.clients} concurrent", clients))
-    return [seq, conc]
-
-
-async def measure_probes(
-    threads: pb_grpc.ThreadServiceStub,
-    models: model_service_pb2_grpc.ModelServiceStub,
-    meter: CpuMeter,
-    parents: Parents,
-    counts: Counts,
-) -> list[Series]:
-    """Pieces of a turn measured alone, and a turn on a long thread, to see
-    where a turn's time goes."""
-    get = get_thread_call(threads, parents.small)
-    generate = generate_call(models, parents.small)
-    long_id, length = await fork_child_length(threads, parents.large)
-    long_turn = turn_call(threads, long_id)
-    await warm([get, generate] * counts.warmup + [long_turn])
-    note = f"fork of the {parents.large_items:,}-item parent, {length:,} items at start"
-    return [
-        await meter.only("thread-service", "client").measure(
-            run_sequential("GetThread", [get] * counts.probes, "unary read, no write")
-        ),
-        await meter.only("model-service", "client").measure(
-            run_sequential("Generate, model-service", [generate] * counts.probes, "direct")
-        ),
-        await meter.only(*TURN_CPU).measure(
-            run_sequential("turn, long thread", [long_turn] * max(5, counts.probes // 10), note)
-        ),
+    named: list[tuple[str, Call]] = [("turn, 2-item thread", short_turn)]
+    named += [
+        (f"turn, {n:,}-item thread", turn_call(stub, thread_id))
+        for n, thread_id in zip(counts.long_items, long_ids, strict=True)
     ]
+    series = await run_alternating(named, counts.long_rounds, meter.only(*TURN_CPU))
+    for s, n in zip(series[1:], counts.long_items, strict=True):
+        s.note = f"{n + 2:,}->{n + 2 * counts.long_rounds:,} items"
+    return series
 
 
-async def measure(services: Services, parents: Parents, cwd: Path, counts: Counts) -> Report:
-    report = Report()
-    meter = CpuMeter(
-        {
-            "thread-service": services.thread.proc.pid,
-            "model-service": services.model.proc.pid,
-            "echo-server": services.echo.proc.pid,
-            "client": os.getpid(),
-        }
-    )
+async def measure_sqlite(
+    bench: Bench, model: Process, parents: Parents, long_ids: Sequence[str]
+) -> SQLiteRun:
+    """The store's figures, then, beside the same thread-service: the floors
+    (their stream is a real turn's), the model hop alone, and the long threads."""
+    counts = bench.counts
+    thread = bench.thread_service(model, Where(bench.tmp / "data", bench.tmp / "home"))
+    pids = {"thread-service": thread.pid, "model-service": model.pid, "client": os.getpid()}
+    async with channel(thread.address) as thread_ch, channel(model.address) as model_ch:
+        stub = pb_grpc.ThreadServiceStub(thread_ch)
+        store = await measure_store(stub, CpuMeter(pids), parents, bench)
+        replies = await record_turn(stub, bench.cwd)
+        echo, hop = start_floors(bench, replies)
+        meter = CpuMeter({**pids, "echo": echo.pid, "hop": hop.pid})
+        async with channel(echo.address) as echo_ch, channel(hop.address) as hop_ch:
+            floors = await measure_floors(echo_ch, hop_ch, meter, counts, len(replies))
+        floors.append(await measure_model_hop(model_ch, meter, counts))
+        long = await measure_long_threads(stub, meter, long_ids, bench)
+    return SQLiteRun(store, floors, long, len(replies))
+
+
+# -- PostgreSQL: replicas and interrupts -------------------------------------
+
+
+async def interrupt_once(
+    runner: pb_grpc.ThreadServiceStub, asker: pb_grpc.ThreadServiceStub, cwd: Path
+) -> float:
+    """A 30-second turn on `runner`, interrupted through `asker` once it runs:
+    seconds from sending InterruptTurn to the end of the turn's stream."""
+    (thread_id,) = await start_threads(runner, cwd, 1)
+    events = aiter(runner.RunTurn(turn_request(thread_id, SLOW_TEXT), timeout=60))
+    first = await anext(events)
+    if not first.HasField("turn_started"):
+        raise RuntimeError(f"expected turn_started, got {first}")
+    begin = time.perf_counter()
+    await asker.InterruptTurn(pb.InterruptTurnRequest(thread_id=thread_id))
+    rest = [event async for event in events]
+    last = rest[-1] if rest else first
+    elapsed = time.perf_counter() - begin
+    if last.turn_completed.status != pb.TURN_STATUS_INTERRUPTED:
+        raise RuntimeError(f"the slow turn did not end interrupted: {last}")
+    return elapsed
+
+
+async def measure_interrupts(
+    stubs: Sequence[pb_grpc.ThreadServiceStub], cwd: Path, tries: int
+) -> list[Series]:
+    """InterruptTurn sent to the replica running the turn, and to another one
+    (which can only ask through the database), taking turns."""
+    same = Series("InterruptTurn, same replica")
+    other = Series("InterruptTurn, other replica")
+    for k in range(tries):
+        runner = stubs[k % len(stubs)]
+        same.latencies.append(await interrupt_once(runner, runner, cwd))
+        other.latencies.append(await interrupt_once(runner, stubs[(k + 1) % len(stubs)], cwd))
+    for s in (same, other):
+        s.wall = sum(s.latencies)
+        s.note = "until the turn's stream ends INTERRUPTED"
+    return [same, other]
+
+
+async def measure_postgres(
+    bench: Bench, model: Process, parents: Parents, where: Where
+) -> PostgresRun:
+    """The store's figures with one thread-service; then, with three on the same
+    database, turns spread over them against turns on one, and interrupts."""
+    counts = bench.counts
+    database = where.postgres_url.rsplit("/", 1)[-1]
+
+    def postgres() -> list[int]:
+        # The server's processes serving this run's database (their titles name it).
+        return pids_matching(f" {database} ")
+
+    first = bench.thread_service(model, where)
+    common: dict[str, Pids] = {
+        "model-service": model.pid,
+        "postgres": postgres,
+        "client": os.getpid(),
+    }
+    meter = CpuMeter({"thread-service": first.pid, **common})
+    async with channel(first.address) as ch:
+        store = await measure_store(pb_grpc.ThreadServiceStub(ch), meter, parents, bench)
+    replicas = [first, bench.thread_service(model, where), bench.thread_service(model, where)]
+    pids = [r.pid for r in replicas]
+    meter = CpuMeter({"thread-services": lambda: pids, **common})
     async with (
-        channel(services.thread.address) as thread_ch,
-        channel(services.model.address) as model_ch,
-        channel(services.echo.address) as echo_ch,
+        channel(replicas[0].address) as a,
+        channel(replicas[1].address) as b,
+        channel(replicas[2].address) as c,
     ):
-        threads = pb_grpc.ThreadServiceStub(thread_ch)
-        models = model_service_pb2_grpc.ModelServiceStub(model_ch)
-        forks = await measure_forks(threads, parents, counts)
-        report.sections.append(("Fork: SpawnThread, full history", forks))
-        resumes = await measure_resumes(threads, parents, counts)
-        report.sections.append(("Resume: ResumeThread", resumes))
-        turns = await measure_turns(threads, meter, cwd, counts)
-        report.sections.append(("Turn: RunTurn, embedded provider, whole stream read", turns))
-        echoes = await measure_echo(echo_ch, meter, counts)
-        report.sections.append(("Baseline: bare grpc.aio unary echo, raw bytes", echoes))
-        probes = await measure_probes(threads, models, meter, parents, counts)
-        report.sections.append(("Where a turn's time goes (sequential probes)", probes))
-    return report
-
-
-# -- reporting ---------------------------------------------------------------
-
-
-def p50_ratio(a: Series, b: Series) -> float:
-    return a.percentile(50) / b.percentile(50)
-
-
-def add_ratios(report: Report) -> None:
-    fork, resume, turn, echo, _ = (group for _, group in report.sections)
-    report.ratios = {
-        "fork_p50_large_over_small": p50_ratio(fork[1], fork[0]),
-        "resume_p50_large_over_small": p50_ratio(resume[1], resume[0]),
-        "turn_over_echo_p50_sequential": p50_ratio(turn[0], echo[0]),
-        "turn_over_echo_p50_concurrent": p50_ratio(turn[1], echo[1]),
-    }
-
-
-def verdict(ratio: float) -> str:
-    return "target met" if ratio <= FORK_RATIO_TARGET else "target missed"
-
-
-def ratio_lines(report: Report) -> list[str]:
-    r = report.ratios
-    fork = r["fork_p50_large_over_small"]
-    return [
-        f"fork p50 ratio (10k / 10): {fork:.2f}  (target <= {FORK_RATIO_TARGET}: {verdict(fork)})",
-        f"resume p50 ratio (10k / 10): {r['resume_p50_large_over_small']:.2f}",
-        f"turn p50 / echo p50: sequential {r['turn_over_echo_p50_sequential']:.1f}x, "
-        f"concurrent {r['turn_over_echo_p50_concurrent']:.1f}x",
-    ]
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.2f}"
-
-
-def table_row(s: Series) -> str:
-    return (
-        f"  {s.name:<34} {len(s.latencies):>5} {ms(s.percentile(50)):>9} "
-        f"{ms(s.percentile(99)):>9} {s.per_second:>8.0f}  {s.note}"
-    ) + (f"\n{'':<8}CPU ms per call: {s.cpu_text()}" if s.cpu_ms else "")
-
-
-def print_table(report: Report) -> None:
-    print()
-    for line in report.header:
-        print(line)
-    print(f"\n  {'figure':<34} {'n':>5} {'p50 ms':>9} {'p99 ms':>9} {'per s':>8}  note")
-    for title, group in report.sections:
-        print(f"{title}")
-        for s in group:
-            print(table_row(s))
-    print()
-    for line in ratio_lines(report):
-        print(line)
-
-
-def markdown(report: Report) -> str:
-    lines = [f"**Spindle thread benchmark** ({report.header[0]})", ""]
-    lines += [
-        "| figure | n | p50 ms | p99 ms | per s | CPU ms per call |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
-    for s in report.series():
-        lines.append(
-            f"| {s.name} | {len(s.latencies)} | {ms(s.percentile(50))} "
-            f"| {ms(s.percentile(99))} | {s.per_second:.0f} | {s.cpu_text()} |"
-        )
-    lines.append("")
-    lines += [f"- {line}" for line in ratio_lines(report) + report.header[1:]]
-    return "\n".join(lines)
-
-
-def as_json(report: Report, counts: Counts) -> dict[str, Any]:
-    fork = report.ratios["fork_p50_large_over_small"]
-    return {
-        "header": report.header,
-        "counts": dataclasses.asdict(counts),
-        "figures": {s.name: s.as_json() for s in report.series()},
-        "ratios": {k: round(v, 3) for k, v in report.ratios.items()},
-        "fork_ratio_target": FORK_RATIO_TARGET,
-        "fork_ratio_target_met": fork <= FORK_RATIO_TARGET,
-    }
-
-
-def header(command: str, synchronous: str, load_before: str) -> list[str]:
-    today = datetime.date.today().isoformat()
-    return [
-        f"{today}, {os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}, "
-        f"grpcio {grpc.__version__}",
-        f"command: {command}",
-        "services: real processes on loopback (python -m model_service, python -m "
-        f"thread_service), embedded provider, SQLite synchronous={synchronous}",
-        "client: one grpc.aio channel per server, one asyncio loop; "
-        "echo server: its own process too",
-        f"load average (1 min): {load_before} before the run, {load_text()} after",
-    ]
+        stubs = [pb_grpc.ThreadServiceStub(ch) for ch in (a, b, c)]
+        scaled = [
+            Series(f"turn, {counts.clients} concurrent, 1 replica"),
+            Series(f"turn, {counts.clients} concurrent, 3 replicas"),
+        ]
+        for _ in range(counts.replica_rounds):
+            for n, series in zip((1, 3), scaled, strict=True):
+                await measure_turns(stubs[:n], meter, bench.cwd, counts, series)
+        interrupts = await measure_interrupts(stubs, bench.cwd, counts.interrupts)
+    return PostgresRun(store, scaled, interrupts)
 
 
 # -- main --------------------------------------------------------------------
 
 
-async def build_parents(tmp: Path, cwd: Path, large_items: int) -> Parents:
-    small = await build_parent(tmp / "data", tmp / "home", cwd, 10)
-    large = await build_parent(tmp / "data", tmp / "home", cwd, large_items)
-    return Parents(small, large, 10, large_items)
-
-
-def run(counts: Counts, synchronous: str, command: str) -> Report:
+def run(counts: Counts, synchronous: str, server_url: str, command: str) -> Report:
     load_before = load_text()
-    with tempfile.TemporaryDirectory(prefix="spindle-bench-") as name:
-        tmp = Path(name)
-        cwd = tmp / "work"
-        cwd.mkdir()
+    with (
+        tempfile.TemporaryDirectory(prefix="spindle-bench-") as name,
+        ExitStack() as stack,
+    ):
+        bench = Bench(Path(name), counts, synchronous, stack)
+        where = Where(bench.tmp / "data", bench.tmp / "home")
+        sizes = [SMALL_ITEMS, counts.large_items, *counts.long_items]
         begin = time.perf_counter()
-        parents = asyncio.run(build_parents(tmp, cwd, counts.large_items))
-        built = time.perf_counter() - begin
-        with running_services(tmp, synchronous) as services:
-            report = asyncio.run(measure(services, parents, cwd, counts))
-    report.header = header(command, synchronous, load_before)
-    report.header.append(
-        f"parents ({parents.small_items:,} and {parents.large_items:,} items) built before "
-        "the service started: Threads.start, then SQLiteStore.begin_turn/finish_turn on its "
-        f"data dir, a user message and a final answer per turn ({built:.1f} s)"
+        small, large, *long_ids = asyncio.run(build_threads(where, bench.cwd, sizes))
+        built = {"SQLite": time.perf_counter() - begin}
+        parents = Parents(small, large, counts.large_items)
+        model_home = str(bench.tmp / "model-home")
+        model = bench.start("model-service", "model_service", ["--config-home", model_home])
+        sqlite = asyncio.run(measure_sqlite(bench, model, parents, long_ids))
+        bench.stop_thread_services()
+        postgres = None
+        if server_url:
+            with fresh_database(server_url) as url:
+                where = Where(bench.tmp / "pg-data", bench.tmp / "pg-home", url)
+                begin = time.perf_counter()
+                small, large = asyncio.run(build_threads(where, bench.cwd, sizes[:2]))
+                built["PostgreSQL"] = time.perf_counter() - begin
+                parents = Parents(small, large, counts.large_items)
+                try:
+                    postgres = asyncio.run(measure_postgres(bench, model, parents, where))
+                finally:
+                    bench.stop_thread_services()
+    return Report(
+        counts=dataclasses.asdict(counts),
+        command=command,
+        synchronous=synchronous,
+        load_before=load_before,
+        built=built,
+        sqlite=sqlite,
+        postgres=postgres,
     )
-    add_ratios(report)
-    return report
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write figures here")
+    parser = arguments(__doc__)
+    parser.add_argument(
+        "--store",
+        default="",
+        metavar="postgresql://USER@HOST:PORT/DB",
+        help="also measure on PostgreSQL: a server the run makes (and drops) a database on",
+    )
     parser.add_argument(
         "--sqlite-synchronous",
         default=ThreadServiceSettings().sqlite_synchronous,
         choices=["FULL", "NORMAL"],
         help="the thread-service's SQLite mode (default: the service's own default)",
     )
-    # The echo server runs this module in a child process.
-    parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--listen", default="127.0.0.1:0", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.store and not args.store.startswith(("postgresql://", "postgres://")):
+        parser.error("--store takes a postgresql:// URL (SQLite is always measured)")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.serve_echo:
-        asyncio.run(serve_echo(args.listen))
-        return
-    command = " ".join(["PYTHONPATH=. python bench/threads.py", *sys.argv[1:]])
-    counts = QUICK if args.quick else FULL
-    report = run(counts, args.sqlite_synchronous, command)
-    print_table(report)
-    print("\n--- markdown ---\n")
-    print(markdown(report))
+    command = " ".join(["python -m bench.threads", *sys.argv[1:]])
+    report = run(QUICK if args.quick else FULL, args.sqlite_synchronous, args.store, command)
+    report.print()
     if args.json is not None:
-        args.json.write_text(json.dumps(as_json(report, counts), indent=2) + "\n")
-        print(f"\nfigures written to {args.json}")
+        report.write_json(args.json)
 
 
 if __name__ == "__main__":
