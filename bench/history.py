@@ -19,8 +19,8 @@ from spindle.items import Message, Phase, Role
 from spindle.model import Usage
 from thread_service.records import Entry, TurnRecord, TurnStatus
 from thread_service.settings import ThreadServiceSettings
-from thread_service.stores import SQLITE_FILE_NAME
 from thread_service.stores import operations as ops
+from thread_service.stores.backend import SQLITE_FILE_NAME
 from thread_service.stores.postgres import PostgresStore
 from thread_service.stores.sql_store import SqlStore
 from thread_service.stores.sqlite import SQLiteStore
@@ -53,10 +53,10 @@ def _turns(thread_id: str, first: int, count: int) -> ops.Script[None]:
         now = time.time()
         turn = TurnRecord(str(uuid.uuid4()), thread_id, TurnStatus.RUNNING, now)
         question = f"question {i}: what does step {i} of the plan change?"
-        yield from ops.begin_turn(turn, [Entry.of(Message(Role.USER, question))], now)
+        yield from ops.begin_turn(turn, [Entry.of(Message(Role.USER, question))], now, None, None)
         answer = Message(Role.ASSISTANT, f"echo: {question}", Phase.FINAL_ANSWER)
         yield from ops.finish_turn(
-            turn.id, TurnStatus.COMPLETED, Usage(), None, [Entry.of(answer)], now
+            turn.id, TurnStatus.COMPLETED, Usage(), None, [Entry.of(answer)], [], now
         )
 
 

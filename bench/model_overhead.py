@@ -154,13 +154,16 @@ def serve_upstream(event_delay: float) -> None:
         signal.sigwait({signal.SIGTERM, signal.SIGINT})
 
 
-def floor_messages() -> list[bytes]:
+def floor_messages(endpoint: str) -> list[bytes]:
     """The messages the model-service streams for the upstream's reply, which
-    the floor streams byte for byte."""
+    the floor streams byte for byte (`Completed` names the serving endpoint,
+    as the model-service's does)."""
     answer = Message(Role.ASSISTANT, "".join(PARTS), Phase.FINAL_ANSWER)
     events: list[ModelEvent] = [TextDelta(part) for part in PARTS]
     events += [ItemDone(answer), Completed(USAGE, RESPONSE_ID)]
-    return [convert.event_to_pb(event).SerializeToString() for event in events]
+    messages = [convert.event_to_pb(event) for event in events]
+    messages[-1].completed.endpoint = endpoint
+    return [message.SerializeToString() for message in messages]
 
 
 # -- processes ---------------------------------------------------------------
@@ -197,10 +200,10 @@ def running_stack(tmp: Path, setup: Setup) -> Iterator[Stack]:
 
         delay = ["--event-delay-ms", str(setup.event_delay_ms)]
         upstream = start("upstream", "bench.model_overhead", ["--serve-upstream", *delay])
-        floor.write_replies(tmp / "replies.json", floor_messages())
+        base = f"http://{upstream.address}/v1"
+        floor.write_replies(tmp / "replies.json", floor_messages(base))
         floor_args = ["--replies", str(tmp / "replies.json"), "--method", GENERATE_METHOD]
         floor_process = start("floor", "bench.floor", floor_args)
-        base = f"http://{upstream.address}/v1"
         write_config(tmp / "model-home", base)
         # Below INFO the model-service never logs its port: choose it here.
         address = f"127.0.0.1:{free_port()}"

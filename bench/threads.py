@@ -155,8 +155,8 @@ def turn_call(stub: pb_grpc.ThreadServiceStub, thread_id: str) -> Call:
 
     async def call() -> None:
         last = None
-        async for event in stub.RunTurn(turn_request(thread_id)):
-            last = event
+        async for response in stub.RunTurn(turn_request(thread_id)):
+            last = response.events[-1]
         if last is None or last.turn_completed.status != pb.TURN_STATUS_COMPLETED:
             raise RuntimeError(f"turn on {thread_id} did not complete: {last}")
 
@@ -474,12 +474,13 @@ async def interrupt_once(
     seconds from sending InterruptTurn to the end of the turn's stream."""
     (thread_id,) = await start_threads(runner, cwd, 1)
     events = aiter(runner.RunTurn(turn_request(thread_id, SLOW_TEXT), timeout=60))
-    first = await anext(events)
+    first = (await anext(events)).events[0]
     if not first.HasField("turn_started"):
         raise RuntimeError(f"expected turn_started, got {first}")
     begin = time.perf_counter()
-    await asker.InterruptTurn(pb.InterruptTurnRequest(thread_id=thread_id))
-    rest = [event async for event in events]
+    interrupt = pb.InterruptTurnRequest(thread_id=thread_id, turn_id=first.turn_started.turn_id)
+    await asker.InterruptTurn(interrupt)
+    rest = [event async for response in events for event in response.events]
     last = rest[-1] if rest else first
     elapsed = time.perf_counter() - begin
     if last.turn_completed.status != pb.TURN_STATUS_INTERRUPTED:
