@@ -54,7 +54,15 @@ from bench.toolkit import (
 from model_service.providers import responses_wire
 from spindle import convert
 from spindle.items import Message, Phase, Role
-from spindle.model import Completed, ItemDone, ModelEvent, ModelRequest, TextDelta, Usage
+from spindle.model import (
+    Completed,
+    ItemDone,
+    ModelEvent,
+    ModelRequest,
+    TextDelta,
+    Usage,
+    joined,
+)
 from spindle.serving import CHANNEL_OPTIONS
 from spindle.v1 import model_service_pb2_grpc
 
@@ -155,15 +163,16 @@ def serve_upstream(event_delay: float) -> None:
 
 
 def floor_messages(endpoint: str) -> list[bytes]:
-    """The messages the model-service streams for the upstream's reply, which
-    the floor streams byte for byte (`Completed` names the serving endpoint,
-    as the model-service's does)."""
+    """The message the model-service streams for the upstream's reply when it
+    arrives in one read (its events in one batch, the text joined), which the
+    floor streams byte for byte (`Completed` names the serving endpoint, as the
+    model-service's does)."""
     answer = Message(Role.ASSISTANT, "".join(PARTS), Phase.FINAL_ANSWER)
     events: list[ModelEvent] = [TextDelta(part) for part in PARTS]
     events += [ItemDone(answer), Completed(USAGE, RESPONSE_ID)]
-    messages = [convert.event_to_pb(event) for event in events]
-    messages[-1].completed.endpoint = endpoint
-    return [message.SerializeToString() for message in messages]
+    message = convert.events_to_pb(joined(events))
+    message.events[-1].completed.endpoint = endpoint
+    return [message.SerializeToString()]
 
 
 # -- processes ---------------------------------------------------------------
@@ -302,18 +311,21 @@ async def check_paths(
         sse = [line async for line in response.aiter_lines() if line.startswith("data:")]
     direct_body = (await client.get(last_body_url)).json()
     stub, floor_stub = stubs
-    events = [e async for e in stub.Generate(convert.request_to_pb(request))]
-    floor_events = [e async for e in floor_stub.Generate(convert.request_to_pb(request))]
-    same = [e.SerializeToString() for e in events] == [e.SerializeToString() for e in floor_events]
+    messages = [m async for m in stub.Generate(convert.request_to_pb(request))]
+    floor_messages = [m async for m in floor_stub.Generate(convert.request_to_pb(request))]
+    same = [m.SerializeToString() for m in messages] == [
+        m.SerializeToString() for m in floor_messages
+    ]
     through_body = (await client.get(last_body_url)).json()
-    kinds = [e.WhichOneof("event") for e in events]
-    expected = ["text_delta"] * len(PARTS) + ["item_done", "completed"]
-    if kinds != expected:
-        raise RuntimeError(f"the model-service streamed {kinds}, not {expected}")
+    events = [event for message in messages for event in message.events]
+    text = "".join(e.text_delta.text for e in events if e.HasField("text_delta"))
+    kinds = [e.WhichOneof("event") for e in events if not e.HasField("text_delta")]
+    if text != "".join(PARTS) or kinds != ["item_done", "completed"]:
+        raise RuntimeError(f"the model-service streamed {events}")
     if direct_body != through_body:
         raise RuntimeError(f"bodies differ:\ndirect  {direct_body}\nthrough {through_body}")
     size = len(json.dumps(direct_body, ensure_ascii=False, separators=(",", ":")).encode())
-    return Shape(size, len(sse), len(events), same)
+    return Shape(size, len(sse), len(messages), same)
 
 
 # -- timing ------------------------------------------------------------------

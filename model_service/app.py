@@ -10,6 +10,7 @@ import grpc
 from model_service.router import Router
 from model_service.servicer import ModelServicer
 from model_service.settings import ModelServiceSettings
+from model_service.windows import Windows
 from spindle.auth import Authenticator, Principals
 from spindle.edge import Edge
 from spindle.serving import Service
@@ -21,7 +22,7 @@ async def build(
 ) -> Service:
     principals = Principals(Path(settings.auth_file)) if settings.auth_file else None
     router = Router.from_settings(settings, environ)
-    servicer = ModelServicer(router)
+    servicer = ModelServicer(router, Windows(settings.window_cache_bytes))
 
     def register(server: grpc.aio.Server) -> None:
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)

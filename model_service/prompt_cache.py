@@ -25,16 +25,38 @@ MIN_CACHED_TOKENS = 1024
 BLOCK_TOKENS = 128
 
 
+class Prefixes:
+    """A prompt's cacheable prefixes, built as its tokens come: (length, digest)
+    of each 128-token prefix from 1024 tokens on. Extending it costs only the
+    new tokens, so a window's prompt is not hashed again every turn."""
+
+    __slots__ = ("_chain", "_tail", "count", "digests")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.digests: list[tuple[int, bytes]] = []
+        self._chain = b""
+        self._tail: list[str] = []
+
+    def extend(self, tokens: Sequence[str]) -> None:
+        self.count += len(tokens)
+        tail = self._tail
+        tail.extend(tokens)
+        done = self.count - len(tail)
+        while len(tail) >= BLOCK_TOKENS:
+            block = "\x00".join(tail[:BLOCK_TOKENS]).encode()
+            del tail[:BLOCK_TOKENS]
+            done += BLOCK_TOKENS
+            self._chain = hashlib.blake2b(self._chain + block, digest_size=16).digest()
+            if done >= MIN_CACHED_TOKENS:
+                self.digests.append((done, self._chain))
+
+
 def prefix_digests(tokens: Sequence[str]) -> list[tuple[int, bytes]]:
     """(prefix length, digest) for every cacheable prefix length of `tokens`."""
-    result: list[tuple[int, bytes]] = []
-    digest = b""
-    for end in range(BLOCK_TOKENS, len(tokens) + 1, BLOCK_TOKENS):
-        block = "\x00".join(tokens[end - BLOCK_TOKENS : end]).encode()
-        digest = hashlib.blake2b(digest + block, digest_size=16).digest()
-        if end >= MIN_CACHED_TOKENS:
-            result.append((end, digest))
-    return result
+    prefixes = Prefixes()
+    prefixes.extend(tokens)
+    return prefixes.digests
 
 
 class PromptCache:
@@ -53,9 +75,10 @@ class PromptCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def use(self, key: str, tokens: Sequence[str]) -> int:
-        """Serve a prompt: return its cached tokens, then cache its prefixes."""
-        prefixes = prefix_digests(tokens)
+    def use(self, key: str, tokens: Sequence[str] | Prefixes) -> int:
+        """Serve a prompt (its tokens, or its `Prefixes`): return its cached
+        tokens, then cache its prefixes."""
+        prefixes = tokens.digests if isinstance(tokens, Prefixes) else prefix_digests(tokens)
         now = self._clock()
         cached = 0
         with self._lock:

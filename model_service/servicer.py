@@ -11,10 +11,11 @@ import grpc
 
 from model_service.providers.base import Served
 from model_service.router import Router
+from model_service.windows import Windows
 from spindle import convert
 from spindle.errors import ErrorCode, ModelError, SpindleError
 from spindle.grpc_errors import rpc
-from spindle.model import Completed, Usage
+from spindle.model import Completed, Usage, joined
 from spindle.v1 import model_service_pb2 as pb
 from spindle.v1 import model_service_pb2_grpc as pb_grpc
 
@@ -22,8 +23,9 @@ log = logging.getLogger("model_service.requests")
 
 
 class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, windows: Windows | None = None) -> None:
         self.router = router
+        self.windows = windows if windows is not None else Windows()
 
     @rpc
     async def Generate(
@@ -34,15 +36,15 @@ class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]
         usage, outcome = Usage(), "CANCELLED"
         try:
             provider = self.router.provider_name(model_request.model)
-            async with (
-                asyncio.timeout(context.time_remaining()),
-                aclosing(self.router.providers[provider].stream(model_request, served)) as events,
-            ):
-                async for event in events:
-                    message = convert.event_to_pb(event)
-                    if isinstance(event, Completed):
-                        usage = event.usage
-                        message.completed.endpoint = served.endpoint
+            model_request = self.windows.complete(model_request)
+            stream = self.router.providers[provider].stream(model_request, served)
+            async with asyncio.timeout(context.time_remaining()), aclosing(stream) as batches:
+                async for batch in batches:
+                    message = convert.events_to_pb(joined(batch))
+                    last = batch[-1]
+                    if isinstance(last, Completed):
+                        usage = last.usage
+                        message.events[-1].completed.endpoint = served.endpoint
                     yield message
             outcome = "OK"
         except TimeoutError:
@@ -61,7 +63,7 @@ class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]
             log.info(
                 "generate thread_id=%s window_id=%s prompt_cache_key=%s sub_agent_kind=%s "
                 "model=%s provider=%s endpoint=%s input_items=%d status=%s input_tokens=%d "
-                "cached_tokens=%d output_tokens=%d",
+                "cached_tokens=%d output_tokens=%d sent_items=%d",
                 model_request.thread_id,
                 model_request.window_id,
                 model_request.prompt_cache_key,
@@ -74,4 +76,5 @@ class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]
                 usage.input_tokens,
                 usage.cached_input_tokens,
                 usage.output_tokens,
+                len(request.input),
             )

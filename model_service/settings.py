@@ -127,6 +127,12 @@ class ModelServiceSettings(ServiceSettings):
     cache_ttl: float = setting(
         600.0, "SPINDLE_CACHE_TTL", "embedded prompt cache: seconds an unused prefix lives"
     )
+    window_cache_bytes: int = setting(
+        256 << 20,
+        "SPINDLE_WINDOW_CACHE_BYTES",
+        "histories of recent windows kept, in item bytes, so a turn sends only its new "
+        "items; 0 keeps none (every turn sends its whole history)",
+    )
     # Only from TOML: `[model_service.providers.NAME]` tables and the
     # `[model_service.models]` map of model name to provider name.
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
@@ -145,6 +151,8 @@ class ModelServiceSettings(ServiceSettings):
         super().validate()
         if self.cache_max_entries < 1:
             raise SettingsError("cache_max_entries must be at least 1")
+        if self.window_cache_bytes < 0:
+            raise SettingsError("window_cache_bytes must be 0 or more")
         if not 0 < self.cache_ttl <= 86400 * 365:
             raise SettingsError("cache_ttl must be a positive number of seconds")
         for model, provider in self.models.items():

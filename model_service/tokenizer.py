@@ -41,7 +41,14 @@ def render_item(item: items.Item) -> str:
     return f"<|agent_message from {item.sender_thread_id}|>\n{item.text}\n"
 
 
+def render_instructions(instructions: str) -> str:
+    return f"<|instructions|>\n{instructions}\n"
+
+
 def render_prompt(instructions: str, history: Iterable[items.Item]) -> str:
-    parts = [f"<|instructions|>\n{instructions}\n"]
+    """The whole prompt. Every part ends with a newline and the next begins
+    with `<|`, so no token spans two parts: the prompt's tokens are its parts'
+    tokens one after another, and a prompt can be tokenized part by part."""
+    parts = [render_instructions(instructions)]
     parts.extend(render_item(item) for item in history)
     return "".join(parts)

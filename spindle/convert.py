@@ -7,6 +7,7 @@ Bad input raises `InvalidArgument`, so a caller gets a clear status.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from spindle import items, model
 from spindle.errors import InvalidArgument
@@ -101,25 +102,39 @@ def usage_from_pb(usage: pb.Usage) -> model.Usage:
     return model.Usage(usage.input_tokens, usage.cached_input_tokens, usage.output_tokens)
 
 
-def request_to_pb(request: model.ModelRequest) -> model_pb.GenerateRequest:
-    return model_pb.GenerateRequest(
+def request_to_pb(
+    request: model.ModelRequest, *, with_base: bool = True
+) -> model_pb.GenerateRequest:
+    """The request on the wire: with its base (unless `with_base` is False),
+    only the items after the base's."""
+    base = request.base if with_base else None
+    sent = request.input[base.item_count :] if base is not None else request.input
+    message = model_pb.GenerateRequest(
         model=request.model,
         instructions=request.instructions,
-        input=[item_to_pb(i) for i in request.input],
+        input=[item_to_pb(i) for i in sent],
         tools=[tool_to_pb(t) for t in request.tools],
         prompt_cache_key=request.prompt_cache_key,
         thread_id=request.thread_id,
         window_id=request.window_id,
         sub_agent_kind=request.sub_agent_kind,
+        history_digest=request.history_digest,
     )
+    if base is not None:
+        message.base.item_count = base.item_count
+        message.base.history_digest = base.history_digest
+    return message
 
 
 # Identity fields travel as HTTP headers and into log lines: printable ASCII
 # without spaces, bounded, so that they can neither break a header nor forge a line.
 _IDENTITY = re.compile(r"[!-~]{1,128}")
+_MAX_DIGEST = 64
 
 
 def request_from_pb(message: model_pb.GenerateRequest) -> model.ModelRequest:
+    """The request as sent: with a base, `input` holds only the items after
+    it (the model-service's `Windows` puts the base's items back in front)."""
     if not message.prompt_cache_key:
         raise InvalidArgument("prompt_cache_key is required")
     if not message.thread_id:
@@ -135,6 +150,13 @@ def request_from_pb(message: model_pb.GenerateRequest) -> model.ModelRequest:
         model.check_model(message.model)
     tools = tuple(tool_from_pb(t) for t in message.tools)
     model.check_tools(tools)
+    base = None
+    if message.HasField("base"):
+        if not message.window_id:
+            raise InvalidArgument("base needs the window_id it continues", field="base")
+        base = model.WindowBase(message.base.item_count, message.base.history_digest)
+    if len(message.history_digest) > _MAX_DIGEST:
+        raise InvalidArgument(f"history_digest is over {_MAX_DIGEST} bytes", field="history_digest")
     return model.ModelRequest(
         model=message.model,
         instructions=message.instructions,
@@ -144,20 +166,32 @@ def request_from_pb(message: model_pb.GenerateRequest) -> model.ModelRequest:
         window_id=message.window_id,
         sub_agent_kind=message.sub_agent_kind,
         tools=tools,
+        history_digest=message.history_digest,
+        base=base,
     )
 
 
-def event_to_pb(event: model.ModelEvent) -> model_pb.GenerateResponse:
+def events_to_pb(events: Sequence[model.ModelEvent]) -> model_pb.GenerateResponse:
+    return model_pb.GenerateResponse(events=[_event_to_pb(event) for event in events])
+
+
+def _event_to_pb(event: model.ModelEvent) -> model_pb.GenerateEvent:
     if isinstance(event, model.TextDelta):
-        return model_pb.GenerateResponse(text_delta=pb.TextDelta(text=event.text))
+        return model_pb.GenerateEvent(text_delta=pb.TextDelta(text=event.text))
     if isinstance(event, model.ItemDone):
-        return model_pb.GenerateResponse(item_done=pb.ItemDone(item=item_to_pb(event.item)))
-    return model_pb.GenerateResponse(
+        return model_pb.GenerateEvent(item_done=pb.ItemDone(item=item_to_pb(event.item)))
+    return model_pb.GenerateEvent(
         completed=model_pb.Completed(usage=usage_to_pb(event.usage), response_id=event.response_id)
     )
 
 
-def event_from_pb(message: model_pb.GenerateResponse) -> model.ModelEvent:
+def events_from_pb(message: model_pb.GenerateResponse) -> list[model.ModelEvent]:
+    if not message.events:
+        raise InvalidArgument("a model response holds no events")
+    return [_event_from_pb(event) for event in message.events]
+
+
+def _event_from_pb(message: model_pb.GenerateEvent) -> model.ModelEvent:
     kind = message.WhichOneof("event")
     if kind == "text_delta":
         return model.TextDelta(message.text_delta.text)

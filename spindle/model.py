@@ -1,18 +1,20 @@
 """A model call as plain values: the request, the tools, the streamed events.
 
 The thread-service builds a `ModelRequest`; the model-service hands it to a
-provider, whose `stream()` yields `ModelEvent`s. Neither side sees protobuf
+provider, whose `stream()` yields batches of `ModelEvent`s. Neither side sees protobuf
 here; `spindle.convert` translates at the gRPC edge.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from spindle import items
 from spindle.errors import InvalidArgument, quoted
 from spindle.items import Item
 
@@ -21,6 +23,8 @@ _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 MAX_SCHEMA_BYTES = 64 << 10
 MAX_SCHEMA_DEPTH = 32
 MAX_TOOLS = 128
+# The ErrorInfo reason of a request whose `base` the model-service does not hold.
+WINDOW_NOT_HELD = "WINDOW_NOT_HELD"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,30 @@ class ModelRequest:
     window_id: str
     sub_agent_kind: str = ""
     tools: tuple[Tool, ...] = ()
+    # The digest of `input` (see `history_digest`); b"" when nobody keeps it.
+    history_digest: bytes = b""
+    # The history of this window's previous request, which `input` extends.
+    base: WindowBase | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowBase:
+    """The history an earlier request of a window carried: its first
+    `item_count` items, with digest `history_digest`. It lets the thread-service
+    send only what is new, and a provider keep what it derived from the rest."""
+
+    item_count: int
+    history_digest: bytes
+
+
+def history_digest(new_items: Iterable[Item], digest: bytes = b"") -> bytes:
+    """The digest of a history, chained item by item: the digest of a history
+    extended by `new_items`, given the digest of what came before (b"": none).
+    Over each item's JSON form, so it does not depend on protobuf's encoding."""
+    for item in new_items:
+        body = json.dumps(items.to_json(item), ensure_ascii=False, sort_keys=True)
+        digest = hashlib.blake2b(digest + body.encode(), digest_size=16).digest()
+    return digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,14 +157,29 @@ class Completed:
 ModelEvent = TextDelta | ItemDone | Completed
 
 
+def joined(events: Iterable[ModelEvent]) -> list[ModelEvent]:
+    """The events with each run of consecutive text deltas joined into one: the
+    same text, fewer messages."""
+    result: list[ModelEvent] = []
+    for event in events:
+        if isinstance(event, TextDelta) and result and isinstance(result[-1], TextDelta):
+            result[-1] = TextDelta(result[-1].text + event.text)
+        else:
+            result.append(event)
+    return result
+
+
 class ModelStreamer(Protocol):
     """Anything that turns a request into a stream of events: a provider on the
     model-service side, the gRPC client of the model-service on the thread side.
 
-    Errors are raised as `spindle.errors.SpindleError` (usually `ModelError`).
-    The stream ends with exactly one `Completed`. `aclose` releases connections.
+    Events come in batches, each a non-empty list of those ready at the same
+    moment (one message on the wire, instead of one per event); none is held
+    back to wait for more. Errors are raised as `spindle.errors.SpindleError`
+    (usually `ModelError`). The stream ends with exactly one `Completed`, last
+    in its batch. `aclose` releases connections.
     """
 
-    def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]: ...
+    def stream(self, request: ModelRequest) -> AsyncGenerator[list[ModelEvent], None]: ...
 
     async def aclose(self) -> None: ...

@@ -15,6 +15,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from spindle.v1 import common_pb2 as c
+from spindle.v1 import model_service_pb2 as mpb
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
 
@@ -57,6 +58,11 @@ def events_of(responses: Iterable[pb.RunTurnResponse | pb.WatchTurnResponse]) ->
     numbers = [event.sequence for event in found]
     assert numbers == list(range(numbers[0], numbers[0] + len(found))) if found else True
     return found
+
+
+def model_events(responses: Iterable[mpb.GenerateResponse]) -> list[mpb.GenerateEvent]:
+    """The events of a Generate stream, flattened out of their messages."""
+    return [event for response in responses for event in response.events]
 
 
 @contextmanager

@@ -384,7 +384,7 @@ def test_the_serving_endpoint_is_in_completed_and_in_the_log_line(
             window_id="thread-3:0",
             input=[user("hi")],
         )
-        completed = list(stack.models.Generate(message))[-1].completed
+        completed = list(stack.models.Generate(message))[-1].events[-1].completed
         serving = [server for server in replicas if server.requests]
         assert [server.base_url for server in serving] == [completed.endpoint]
         for server in replicas:

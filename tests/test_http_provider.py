@@ -102,8 +102,8 @@ async def consume(
 ) -> tuple[list[ModelEvent], ModelError | None]:
     events: list[ModelEvent] = []
     try:
-        async for event in provider.stream(request):
-            events.append(event)
+        async for batch in provider.stream(request):
+            events.extend(batch)
     except ModelError as exc:
         return events, exc
     return events, None
@@ -817,7 +817,7 @@ async def test_consumer_that_stops_iterating_closes_upstream_connection(
     server.script(hello("responses", stall_after=EVENTS_BEFORE_FIRST_DELTA["responses"] + 1))
     provider = HttpProvider(settings(server, idle_timeout=30.0, read_timeout=30.0), ENV)
     stream = provider.stream(REQUEST)
-    assert await anext(stream) == TextDelta("Hel")
+    assert await anext(stream) == [TextDelta("Hel")]
     await stream.aclose()
     noticed = await asyncio.to_thread(server.requests[0].disconnected.wait, 0.5)
     assert noticed

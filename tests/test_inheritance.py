@@ -33,10 +33,10 @@ class RecordingModel:
     def __init__(self) -> None:
         self.requests: list[ModelRequest] = []
 
-    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[list[ModelEvent], None]:
         self.requests.append(request)
-        yield ItemDone(items.Message(ASSISTANT, "ok", items.Phase.FINAL_ANSWER))
-        yield Completed(Usage(1, 0, 1))
+        yield [ItemDone(items.Message(ASSISTANT, "ok", items.Phase.FINAL_ANSWER))]
+        yield [Completed(Usage(1, 0, 1))]
 
     async def aclose(self) -> None:
         return None

@@ -32,6 +32,7 @@ from tests.rpc import (
     assert_kept_only_input,
     error_details,
     fork,
+    model_events,
     only_turn,
     raises_status,
     start,
@@ -123,7 +124,7 @@ def test_a_mapped_model_goes_upstream_with_key_and_identity(
     gateway: Stack, upstream: UpstreamServer
 ) -> None:
     upstream.script(text_reply("responses", ["Hel", "lo"], usage=Usage(2048, 1920, 3)))
-    events = list(gateway.models.Generate(request()))
+    events = model_events(gateway.models.Generate(request()))
     assert "".join(e.text_delta.text for e in events if e.HasField("text_delta")) == "Hello"
     usage = events[-1].completed.usage
     assert (usage.input_tokens, usage.cached_input_tokens, usage.output_tokens) == (2048, 1920, 3)
@@ -142,7 +143,7 @@ def test_a_mapped_model_goes_upstream_with_key_and_identity(
 def test_other_models_stay_on_the_embedded_provider(
     gateway: Stack, upstream: UpstreamServer
 ) -> None:
-    events = list(gateway.models.Generate(request(model="anything-else")))
+    events = model_events(gateway.models.Generate(request(model="anything-else")))
     assert events[-2].item_done.item.message.text == "echo: hi"
     assert upstream.requests == []
 
@@ -316,7 +317,7 @@ def test_an_unknown_model_is_not_found_naming_the_configured_models(
         assert " provider=- " in line and " status=NOT_FOUND " in line
         # The embedded provider's own names, and no name at all, are still served.
         for model in ("spindle-echo", "spindle-anything", ""):
-            events = list(stack.models.Generate(request(model=model)))
+            events = model_events(stack.models.Generate(request(model=model)))
             assert events[-2].item_done.item.message.text == "echo: hi"
         # Through the thread-service: the turn fails and keeps its input.
         stub = stack.threads

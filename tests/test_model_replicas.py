@@ -31,9 +31,13 @@ class Gateway:
     stub: pb_grpc.ThreadServiceStub
 
     def keys_by_replica(self) -> list[collections.Counter[str]]:
-        """How many requests of each prompt_cache_key each replica served."""
+        """How many requests of each prompt_cache_key each replica served (not
+        counting those it refused for a window base it did not hold, which the
+        thread-service sent again whole)."""
         return [
-            collections.Counter(m[2] for m in map(_KEY.search, model.log_lines) if m)
+            collections.Counter(
+                m[2] for m in map(_KEY.search, model.log_lines) if m and m[3] == "OK"
+            )
             for model in self.models
         ]
 

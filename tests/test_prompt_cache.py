@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
-from model_service.prompt_cache import BLOCK_TOKENS, MIN_CACHED_TOKENS, PromptCache
-from model_service.tokenizer import count_tokens, render_prompt, tokenize
+from model_service.prompt_cache import (
+    BLOCK_TOKENS,
+    MIN_CACHED_TOKENS,
+    Prefixes,
+    PromptCache,
+    prefix_digests,
+)
+from model_service.tokenizer import (
+    count_tokens,
+    render_instructions,
+    render_item,
+    render_prompt,
+    tokenize,
+)
 from spindle import items
 
 
@@ -86,3 +98,29 @@ def test_rendering_keeps_a_shared_history_a_shared_prefix() -> None:
     ]
     longer = render_prompt("be brief", [*history, items.Message(items.Role.USER, "more")])
     assert longer.startswith(render_prompt("be brief", history))
+
+
+def test_a_prompt_tokenized_part_by_part_is_the_prompt_tokenized_whole() -> None:
+    """What lets the embedded provider tokenize only a turn's new items: no
+    token spans two parts of a prompt, whatever the items' text."""
+    texts = ["", " ", "a\n", "  lead", "trail  ", "\n\n", "<|user|>", "x" * 9, "mixed: ok?\t"]
+    history: list[items.Item] = []
+    for n, text in enumerate(texts):
+        history.append(items.Message(items.Role.USER, text))
+        history.append(items.FunctionCall(f"c{n}", "f", text))
+        history.append(items.FunctionCallOutput(f"c{n}", text))
+    for instructions in ("", "be brief ", "\n"):
+        parts = tokenize(render_instructions(instructions))
+        for item in history:
+            parts += tokenize(render_item(item))
+        assert parts == tokenize(render_prompt(instructions, history))
+
+
+def test_prefixes_extended_bit_by_bit_are_those_of_the_whole() -> None:
+    whole = tokens(3000)
+    prefixes = Prefixes()
+    for start in range(0, 3000, 37):
+        prefixes.extend(whole[start : start + 37])
+    assert prefixes.count == 3000
+    assert prefixes.digests == prefix_digests(whole)
+    assert [length for length, _ in prefixes.digests] == list(range(1024, 3000, 128))

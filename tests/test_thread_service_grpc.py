@@ -540,3 +540,15 @@ def test_warning_metadata_stays_small_for_any_path(stack: Stack, tmp_path: Path)
     assert len(value) <= WARNING_METADATA_MAX_BYTES
     assert value.decode("utf-8").endswith("…")
     assert response.warnings[0].startswith(value.decode("utf-8")[:-1])
+
+
+def test_a_short_turn_streams_three_messages(stack: Stack, tmp_path: Path) -> None:
+    """Events ready together travel together: the start at once, then the
+    answer (its text joined, and the finished item), then the end once saved."""
+    thread = start(stack.threads, tmp_path)
+    request = pb.RunTurnRequest(thread_id=thread.id, input=[user("hello there")])
+    messages = list(stack.threads.RunTurn(request))
+    kinds = [[event.WhichOneof("kind") for event in m.events] for m in messages]
+    assert kinds == [["turn_started"], ["text_delta", "item_done"], ["turn_completed"]]
+    assert messages[1].events[0].text_delta.text == "echo: hello there"
+    assert [e.sequence for m in messages for e in m.events] == [1, 2, 3, 4]

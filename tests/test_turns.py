@@ -26,10 +26,10 @@ HELLO = [items.Message(items.Role.USER, "hello")]
 
 
 class SlowModel:
-    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
-        yield TextDelta("thinking")
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[list[ModelEvent], None]:
+        yield [TextDelta("thinking")]
         await asyncio.sleep(30)
-        yield Completed()
+        yield [Completed()]
 
     async def aclose(self) -> None:
         return None

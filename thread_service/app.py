@@ -11,6 +11,7 @@ from spindle.edge import Edge
 from spindle.ratelimit import RateLimit
 from spindle.serving import Service
 from spindle.v1 import thread_service_pb2, thread_service_pb2_grpc
+from thread_service.history import Histories
 from thread_service.model_client import ModelServiceAccess, ModelServiceClient
 from thread_service.replica import Replica
 from thread_service.servicer import ThreadServicer
@@ -65,6 +66,7 @@ async def build(settings: ThreadServiceSettings) -> Service:
             settings.max_item_bytes, settings.max_turn_bytes, settings.max_history_bytes
         ),
         tokens=RateLimit(settings.rate_limit_tokens, "model tokens"),
+        histories=Histories(settings.history_cache_bytes),
     )
     replica = Replica(
         store,

@@ -141,6 +141,12 @@ class TurnLog:
         self._notify()
         return event
 
+    def extend(self, payloads: list[Payload]) -> None:
+        """Events that came together: followers take them together."""
+        for payload in payloads:
+            self.events.append(TurnEvent(len(self.events) + 1, payload))
+        self._notify()
+
     def end(self, failure: SpindleError | None = None) -> None:
         """No more events; followers' streams end (with `failure`, if set)."""
         if self._state is _State.OPEN:

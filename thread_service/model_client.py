@@ -27,8 +27,8 @@ import grpc
 
 from spindle import convert, tls
 from spindle.errors import ErrorCode, ModelError, SpindleError
-from spindle.grpc_errors import model_error_from_rpc
-from spindle.model import ModelEvent, ModelRequest
+from spindle.grpc_errors import error_details, model_error_from_rpc
+from spindle.model import WINDOW_NOT_HELD, ModelEvent, ModelRequest
 from spindle.serving import CHANNEL_OPTIONS, KEEPALIVE_OPTIONS
 from spindle.settings import SettingsError
 from spindle.v1 import model_service_pb2_grpc
@@ -93,6 +93,12 @@ class _TokenFile:
         return self._token
 
 
+def _window_not_held(exc: grpc.aio.AioRpcError) -> bool:
+    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+        return False
+    return error_details(exc)[0] == WINDOW_NOT_HELD
+
+
 class ModelServiceClient:
     def __init__(self, target: str, access: ModelServiceAccess = ModelServiceAccess()) -> None:
         self.target = target
@@ -127,30 +133,38 @@ class ModelServiceClient:
                 self._channel = fresh
         return model_service_pb2_grpc.ModelServiceStub(self._channel)
 
-    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[list[ModelEvent], None]:
+        """The model's events in batches. A request with a base sends only its
+        new items; when the model-service does not hold the base (WINDOW_NOT_HELD,
+        before any event) the whole history goes again."""
         metadata = [(HASH_HEADER, request.prompt_cache_key)]
         if self._token is not None:
             metadata.append(("authorization", f"Bearer {self._token.token()}"))
-        call = self._stub().Generate(
-            convert.request_to_pb(request), metadata=metadata, timeout=self.access.timeout
-        )
-        try:
-            async for message in call:
-                try:
-                    event = convert.event_from_pb(message)
-                except SpindleError as exc:
-                    # Not the caller's fault: the model answered something unusable.
-                    raise ModelError(
-                        f"the model-service sent a malformed event: {exc.message}",
-                        code=ErrorCode.UNAVAILABLE,
-                    ) from None
-                yield event
-        except grpc.aio.AioRpcError as exc:
-            raise model_error_from_rpc(exc, f"the model-service at {self.target}") from None
-        finally:
-            # Stopping early (an interrupted turn) cancels the model call, and
-            # the model-service closes its upstream request in turn.
-            call.cancel()
+        with_base = request.base is not None
+        while True:
+            message = convert.request_to_pb(request, with_base=with_base)
+            call = self._stub().Generate(message, metadata=metadata, timeout=self.access.timeout)
+            try:
+                async for response in call:
+                    try:
+                        batch = convert.events_from_pb(response)
+                    except SpindleError as exc:
+                        # Not the caller's fault: the model answered something unusable.
+                        raise ModelError(
+                            f"the model-service sent a malformed event: {exc.message}",
+                            code=ErrorCode.UNAVAILABLE,
+                        ) from None
+                    yield batch
+                return
+            except grpc.aio.AioRpcError as exc:
+                if with_base and _window_not_held(exc):
+                    with_base = False
+                    continue
+                raise model_error_from_rpc(exc, f"the model-service at {self.target}") from None
+            finally:
+                # Stopping early (an interrupted turn) cancels the model call, and
+                # the model-service closes its upstream request in turn.
+                call.cancel()
 
     async def aclose(self) -> None:
         for channel in [*self._old_channels, self._channel]:

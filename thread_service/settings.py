@@ -95,6 +95,12 @@ class ThreadServiceSettings(ServiceSettings):
         "SPINDLE_MAX_HISTORY_BYTES",
         "largest history of a thread, in bytes: what one model request must carry",
     )
+    history_cache_bytes: int = setting(
+        256 << 20,
+        "SPINDLE_HISTORY_CACHE_BYTES",
+        "histories of recent threads kept between turns, in item bytes, so a turn reads "
+        "and sends only what is new; 0 keeps none",
+    )
     max_instructions_bytes: int = setting(
         64 << 10, "SPINDLE_MAX_INSTRUCTIONS_BYTES", "longest instructions of a thread, in bytes"
     )
@@ -138,6 +144,8 @@ class ThreadServiceSettings(ServiceSettings):
             raise SettingsError("max_spawn_depth must be 0 or more")
         if self.max_trusted_projects < 1:
             raise SettingsError("max_trusted_projects must be 1 or more")
+        if self.history_cache_bytes < 0:
+            raise SettingsError("history_cache_bytes must be 0 or more")
         if self.sqlite_synchronous.upper() not in SQLITE_SYNCHRONOUS_MODES:
             raise SettingsError("sqlite_synchronous must be FULL, EXTRA or NORMAL")
         if self.model_service_balancing not in BALANCING_POLICIES:

@@ -73,7 +73,7 @@ class Turn:
         record: TurnRecord,
         request: ModelRequest,
         *,
-        on_usage: Callable[[Usage], None] = lambda _: None,
+        on_end: Callable[[Outcome], None] = lambda _: None,
     ) -> None:
         self.store = store
         self.model = model
@@ -81,7 +81,8 @@ class Turn:
         self.request = request
         self.log = TurnLog()
         self.interruption: Interruption | None = None
-        self._on_usage = on_usage
+        # Called once the end is saved, before followers see TurnCompleted.
+        self._on_end = on_end
         self._task: asyncio.Task[None] | None = None
         self._flushed = 0
         self._flushing = True
@@ -136,7 +137,6 @@ class Turn:
                 self.log.end(failure)  # the caller hears now; saving goes on
                 await self._save_end_until_done(outcome)
                 return
-            self._on_usage(outcome.usage)
         except Exception as exc:  # a bug, or a store failing in a way it should not
             log.exception("turn %s on thread %s could not be recorded", self.id, self.thread_id)
             error = TurnError(ErrorCode.INTERNAL, f"not recorded: {type(exc).__name__}")
@@ -171,13 +171,17 @@ class Turn:
         outputs: list[items.Item] = []
         usage = Usage()
         try:
-            async for event in self.model.stream(self.request):
-                if isinstance(event, Completed):
-                    usage = event.usage
-                    continue
-                if isinstance(event, ItemDone):
-                    outputs.append(event.item)
-                self.log.append(event)
+            async for batch in self.model.stream(self.request):
+                shown: list[events.Payload] = []
+                for event in batch:
+                    if isinstance(event, Completed):
+                        usage = event.usage
+                        continue
+                    if isinstance(event, ItemDone):
+                        outputs.append(event.item)
+                    shown.append(event)
+                if shown:
+                    self.log.extend(shown)
         except asyncio.CancelledError:
             _uncancel()
             return Outcome(TurnStatus.INTERRUPTED, usage)
@@ -236,6 +240,7 @@ class Turn:
             log.warning("turn %s: its end could not be saved yet: %s", self.id, exc.message)
             return False
         self._flushed += len(pending)
+        self._on_end(outcome)
         if ending is not None:
             self.log.append(ending)
         return True
@@ -249,7 +254,6 @@ class Turn:
             await asyncio.sleep(delay)
             if await self._save_end(outcome):
                 log.info("turn %s: its end is saved now", self.id)
-                self._on_usage(outcome.usage)
                 return
             delay = min(delay * 2, SAVE_RETRY_MAX_SECONDS)
 

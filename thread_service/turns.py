@@ -10,16 +10,17 @@ import enum
 import functools
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from spindle import items
 from spindle.errors import Aborted, ErrorCode, FailedPrecondition, InvalidArgument, NotFound
-from spindle.model import ModelRequest, ModelStreamer, Tool, Usage
+from spindle.model import ModelRequest, ModelStreamer, Tool, Usage, WindowBase, history_digest
 from spindle.ratelimit import RateLimit
 from thread_service import events, pagination
 from thread_service.access import LOCAL, Principal, model_cache_key
 from thread_service.events import TurnCompleted, TurnEvent
+from thread_service.history import Histories, History
 from thread_service.pagination import Position
 from thread_service.records import (
     Entry,
@@ -31,7 +32,7 @@ from thread_service.records import (
 )
 from thread_service.store import HistoryChanged, Store
 from thread_service.threads import Threads
-from thread_service.turn import Turn, _to_the_end
+from thread_service.turn import Outcome, Turn, _to_the_end
 from thread_service.validation import check_turn_input, check_turn_size
 
 CLIENT_CANCELLED = "the client cancelled the call"
@@ -80,6 +81,7 @@ class Turns:
         owner: str = "",
         limits: TurnLimits = TurnLimits(),
         tokens: RateLimit | None = None,
+        histories: Histories | None = None,
     ) -> None:
         self.store = store
         self.threads = threads
@@ -88,6 +90,8 @@ class Turns:
         self.limits = limits
         # Model tokens per principal and minute, charged when a turn ends.
         self.tokens = tokens
+        # Threads' histories as of their last turn here (see `history`).
+        self.histories = histories if histories is not None else Histories()
         self._running: dict[str, Turn] = {}
         self._shutdown_reason = ""
 
@@ -102,7 +106,7 @@ class Turns:
         request: RequestKey | None = None,
         on_disconnect: Disconnect = Disconnect.CANCEL,
         when_busy: Busy = Busy.REJECT,
-    ) -> AsyncIterator[list[TurnEvent]]:
+    ) -> AsyncGenerator[list[TurnEvent], None]:
         """The turn's events, in batches of those ready together. A repeated
         request id follows the first call's turn instead. `time_remaining` is
         the caller's deadline, so that a turn cut by it is recorded as such."""
@@ -146,26 +150,28 @@ class Turns:
     ) -> tuple[Turn | TurnRecord, bool]:
         """Record the turn's start and set it running; with a repeated request
         id, the first call's turn and False. Waits, or interrupts, for a turn
-        already running as `when_busy` says."""
+        already running as `when_busy` says. Only a turn running here is looked
+        for first: one elsewhere makes the store refuse the start."""
         interrupted = ""
+        current = thread
+        running: Turn | TurnRecord | None = self._running.get(thread.id)
         while True:
-            running = await self._running_on(thread.id)
             if running is not None:
                 if when_busy is Busy.REJECT:
-                    raise _already_running(thread.id, running.id)
+                    raise _already_running(current.id, running.id)
                 if when_busy is Busy.INTERRUPT and interrupted != running.id:
                     await self._interrupt_running(running, INTERRUPTED_FOR_INPUT)
                     interrupted = running.id
                 await self._until_ended(running.id)
+                current = await self.threads.get(thread.id, caller)
+                running = await self._running_on(current.id)
                 continue
-            current = await self.threads.get(thread.id, caller)
-            stored = await self.store.read_history(current.id, version=current.version)
-            history = [entry.item for entry in stored]
-            check_turn_input(input_items, history, tools)
+            history = await self._history(current)
+            check_turn_input(input_items, history.open_calls, tools)
             check_turn_size(
                 input_items,
                 tools,
-                sum(items.size_of(item) for item in history),
+                history.size,
                 max_item=self.limits.max_item,
                 max_turn=self.limits.max_turn,
                 max_history=self.limits.max_history,
@@ -179,20 +185,19 @@ class Turns:
                     self.store.begin_turn(record, entries, request=request, version=current.version)
                 )
             except HistoryChanged:
-                continue  # another replica's turn ended meanwhile: read again
+                # Another replica's turn ended meanwhile: read again.
+                current = await self.threads.get(thread.id, caller)
+                continue
             except FailedPrecondition as exc:
                 if exc.reason != "TURN_ALREADY_RUNNING" or when_busy is Busy.REJECT:
                     raise
+                running = await self._running_on(current.id)
                 continue
             if not first_call:
                 return begun, False
-            turn = Turn(
-                self.store,
-                self.model,
-                begun,
-                self._model_request(current, history, input_items, tools),
-                on_usage=self._charger(caller),
-            )
+            model_request = self._model_request(current, history, input_items, tools)
+            ended = functools.partial(self._ended, caller, history, model_request, input_items)
+            turn = Turn(self.store, self.model, begun, model_request, on_end=ended)
             self._running[current.id] = turn
             turn.start().add_done_callback(functools.partial(self._forget, turn))
             if cancelled:  # the caller left while the start was being recorded
@@ -200,23 +205,60 @@ class Turns:
                 raise asyncio.CancelledError
             return turn, True
 
+    async def _history(self, thread: ThreadRecord) -> History:
+        """The thread's history at its version: kept from its last turn here,
+        or read from the store."""
+        kept = self.histories.get(thread.id, thread.version)
+        if kept is not None:
+            return kept
+        stored = await self.store.read_history(thread.id, version=thread.version)
+        return History.read(thread.version, [entry.item for entry in stored])
+
     def _model_request(
         self,
         thread: ThreadRecord,
-        history: Sequence[items.Item],
+        history: History,
         input_items: Sequence[items.Item],
         tools: Sequence[Tool],
     ) -> ModelRequest:
         return ModelRequest(
             model=thread.model,
             instructions=thread.instructions,
-            input=(*history, *input_items),
+            input=history.items + tuple(input_items),
             prompt_cache_key=model_cache_key(thread.tenant, thread.prompt_cache_key),
             thread_id=thread.id,
             window_id=thread.window_id,
             sub_agent_kind=thread.sub_agent_kind,
             tools=tuple(tools),
+            history_digest=history_digest(input_items, history.digest),
+            base=history.sent if history.window_id == thread.window_id else None,
         )
+
+    def _ended(
+        self,
+        caller: Principal,
+        history: History,
+        request: ModelRequest,
+        input_items: Sequence[items.Item],
+        outcome: Outcome,
+    ) -> None:
+        """A turn's end is saved: charge its tokens, and keep the thread's
+        history for its next turn (with what the model-service now holds, when
+        the model call completed)."""
+        if self.tokens is not None:
+            usage = outcome.usage
+            self.tokens.charge(caller.name, usage.input_tokens + usage.output_tokens)
+        version = history.version + len(input_items)
+        asked = history.extended(
+            input_items, version, digest=request.history_digest, whole=request.input
+        )
+        if outcome.status is TurnStatus.COMPLETED:
+            sent = WindowBase(len(request.input), request.history_digest)
+            asked = asked.with_sent(request.window_id, sent)
+        else:
+            asked = asked.with_sent("", None)  # whether it got there is unknown
+        outputs = outcome.outputs
+        self.histories.put(request.thread_id, asked.extended(outputs, version + len(outputs)))
 
     async def _running_on(self, thread_id: str) -> Turn | TurnRecord | None:
         local = self._running.get(thread_id)
@@ -245,13 +287,6 @@ class Turns:
         if deadline is not None and asyncio.get_running_loop().time() >= deadline - 0.05:
             return DEADLINE_PASSED, ErrorCode.DEADLINE_EXCEEDED
         return self._shutdown_reason or CLIENT_CANCELLED, ErrorCode.CANCELLED
-
-    def _charger(self, caller: Principal) -> Callable[[Usage], None]:
-        def charge(usage: Usage) -> None:
-            if self.tokens is not None:
-                self.tokens.charge(caller.name, usage.input_tokens + usage.output_tokens)
-
-        return charge
 
     def _forget(self, turn: Turn, _: object = None) -> None:
         if self._running.get(turn.thread_id) is turn:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -182,14 +182,14 @@ def check_turn_size(
 
 
 def check_turn_input(
-    input_items: Sequence[items.Item], history: Sequence[items.Item], tools: Sequence[Tool]
+    input_items: Sequence[items.Item], open_calls: Collection[str], tools: Sequence[Tool]
 ) -> None:
-    """A turn's input: messages from the user side, and outputs of open calls."""
+    """A turn's input: messages from the user side, and outputs of open calls
+    (the history's function calls that have no output yet)."""
     if not input_items:
         raise InvalidArgument("input must hold at least one item")
     check_tools(tools)
-    open_calls = {i.call_id for i in history if isinstance(i, items.FunctionCall)}
-    open_calls -= {i.call_id for i in history if isinstance(i, items.FunctionCallOutput)}
+    open_calls = set(open_calls)
     for index, item in enumerate(input_items):
         where = f"input[{index}]"
         if isinstance(item, items.Message):

@@ -24,22 +24,38 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import OrderedDict
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
 
-from model_service.prompt_cache import PromptCache
+from model_service.prompt_cache import Prefixes, PromptCache
 from model_service.providers.base import Served
-from model_service.tokenizer import render_prompt, tokenize
+from model_service.tokenizer import render_instructions, render_item, tokenize
 from spindle import items
 from spindle.errors import ErrorCode, InvalidArgument, ModelError
-from spindle.model import Completed, ItemDone, ModelEvent, ModelRequest, TextDelta, Usage
+from spindle.model import (
+    Completed,
+    ItemDone,
+    ModelEvent,
+    ModelRequest,
+    TextDelta,
+    Usage,
+    WindowBase,
+)
 
 MAX_SLOW_SECONDS = 600.0
 MODEL_PREFIX = "spindle-"
 
 
 class EmbeddedProvider:
-    def __init__(self, cache: PromptCache | None = None) -> None:
+    def __init__(self, cache: PromptCache | None = None, max_blocks: int = 1 << 20) -> None:
         self.cache = cache if cache is not None else PromptCache()
+        # Each window's last prompt, by window id, so that the next request of
+        # the window tokenizes only its new items; at most `max_blocks` prefix
+        # digests in all (about 100 bytes each), least recently used dropped.
+        self.max_blocks = max_blocks
+        self._prompts: OrderedDict[str, _Prompt] = OrderedDict()
+        self._blocks = 0
 
     @staticmethod
     def serves(model: str) -> bool:
@@ -48,27 +64,71 @@ class EmbeddedProvider:
 
     async def stream(
         self, request: ModelRequest, served: Served | None = None
-    ) -> AsyncGenerator[ModelEvent, None]:
-        prompt_tokens = tokenize(render_prompt(request.instructions, request.input))
+    ) -> AsyncGenerator[list[ModelEvent], None]:
         last = request.input[-1] if request.input else None
         call = _function_call(request, last)
         # The reply is settled (a /fail raises here) before the prompt is cached.
         text, seconds = ("", 0.0) if call else _reply(last)
+        prefixes = self._prefixes(request)
         reply_tokens = tokenize(call.name + call.arguments if call else text)
-        cached = self.cache.use(request.prompt_cache_key, prompt_tokens)
+        cached = self.cache.use(request.prompt_cache_key, prefixes)
+        completed = _completed(request, prefixes.count, cached, len(reply_tokens))
         if call is not None:
-            yield ItemDone(call)
+            yield [ItemDone(call), completed]
+            return
+        done = ItemDone(items.Message(items.Role.ASSISTANT, text, items.Phase.FINAL_ANSWER))
+        if not seconds:
+            yield [TextDelta(text), done, completed] if text else [done, completed]
+            return
+        pause = seconds / max(len(reply_tokens), 1)
+        for token in reply_tokens:
+            await asyncio.sleep(pause)
+            yield [TextDelta(token)]
+        yield [done, completed]
+
+    def _prefixes(self, request: ModelRequest) -> Prefixes:
+        """The prompt's prefixes: those of the window's last prompt extended by
+        the new items when this request continues it, else from the start."""
+        kept = self._prompts.pop(request.window_id, None) if request.window_id else None
+        if kept is not None:
+            self._blocks -= len(kept.prefixes.digests)
+        base, new = request.base, request.input
+        if kept is not None and base is not None and kept.continued_by(request, base):
+            prefixes, new = kept.prefixes, request.input[base.item_count :]
         else:
-            pause = seconds / max(len(reply_tokens), 1)
-            for token in reply_tokens:
-                if pause:
-                    await asyncio.sleep(pause)
-                yield TextDelta(token)
-            yield ItemDone(items.Message(items.Role.ASSISTANT, text, items.Phase.FINAL_ANSWER))
-        yield _completed(request, len(prompt_tokens), cached, len(reply_tokens))
+            prefixes = Prefixes()
+            prefixes.extend(tokenize(render_instructions(request.instructions)))
+        for item in new:
+            prefixes.extend(tokenize(render_item(item)))
+        if request.window_id and request.history_digest:
+            prompt = _Prompt(request.instructions, len(request.input), request.history_digest)
+            prompt.prefixes = prefixes
+            self._prompts[request.window_id] = prompt
+            self._blocks += len(prefixes.digests)
+            while self._blocks > self.max_blocks and self._prompts:
+                _, dropped = self._prompts.popitem(last=False)
+                self._blocks -= len(dropped.prefixes.digests)
+        return prefixes
 
     async def aclose(self) -> None:
         return None
+
+
+@dataclass(slots=True)
+class _Prompt:
+    """A window's last prompt: what it was made of, and its prefixes."""
+
+    instructions: str
+    item_count: int
+    history_digest: bytes
+    prefixes: Prefixes = field(default_factory=Prefixes)
+
+    def continued_by(self, request: ModelRequest, base: WindowBase) -> bool:
+        return (
+            base.item_count == self.item_count
+            and base.history_digest == self.history_digest
+            and request.instructions == self.instructions
+        )
 
 
 def _request_digest(request: ModelRequest) -> str:

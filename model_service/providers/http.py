@@ -36,7 +36,7 @@ from model_service.providers import chat_wire, responses_wire
 from model_service.providers.base import Served
 from model_service.providers.endpoints import Endpoint, Endpoints
 from model_service.providers.redaction import Redactor
-from model_service.providers.sse import SseEvent, SseParser
+from model_service.providers.sse import SseEvent, SseLines, SseParser
 from model_service.settings import ProviderSettings
 from spindle.errors import ErrorCode, ModelError
 from spindle.model import Completed, ModelEvent, ModelRequest
@@ -147,8 +147,8 @@ class HttpProvider:
 
     async def stream(
         self, request: ModelRequest, served: Served | None = None
-    ) -> AsyncGenerator[ModelEvent, None]:
-        """The events of one model call; raises `ModelError` with a provider-prefixed
+    ) -> AsyncGenerator[list[ModelEvent], None]:
+        """The events of one model call, in batches; raises `ModelError` with a provider-prefixed
         message. `served.endpoint` tells which endpoint served (or failed last)."""
         served = Served() if served is None else served
         redact = self._redactor
@@ -165,11 +165,11 @@ class HttpProvider:
                 started = False
                 try:
                     async with aclosing(self._attempt(endpoint, body, headers, redact)) as events:
-                        async for event in events:
+                        async for batch in events:
                             if not started:
                                 started = True
                                 self.endpoints.succeeded(endpoint)
-                            yield event
+                            yield batch
                     return
                 except _Retryable as failure:
                     if started:
@@ -255,8 +255,9 @@ class HttpProvider:
 
     async def _attempt(
         self, endpoint: Endpoint, body: dict[str, Any], headers: dict[str, str], redact: Redactor
-    ) -> AsyncGenerator[ModelEvent, None]:
-        """One HTTP exchange; transport failures become `_Retryable` or `ModelError`."""
+    ) -> AsyncGenerator[list[ModelEvent], None]:
+        """One HTTP exchange, a batch of events per read; transport failures
+        become `_Retryable` or `ModelError`."""
         in_body = False
         try:
             async with self._client.stream(
@@ -264,16 +265,22 @@ class HttpProvider:
             ) as response:
                 await self._check_status(response, redact)
                 in_body = self._bound_body_reads(response)
-                lines = response.aiter_lines()
-                parser, decoder = SseParser(), self._wire.decoder()
-                async for line in lines:
-                    sse = parser.feed(line)
-                    for event in decoder.feed(sse) if sse is not None else ():
-                        if isinstance(event, Completed):
-                            await self._drain(lines)
-                            yield event
-                            return
-                        yield event
+                chunks = response.aiter_text()
+                lines, parser, decoder = SseLines(), SseParser(), self._wire.decoder()
+                async for chunk in chunks:
+                    # Every event this read completed goes on at once, in one batch.
+                    batch: list[ModelEvent] = []
+                    for line in lines.feed(chunk):
+                        sse = parser.feed(line)
+                        if sse is not None:
+                            batch.extend(decoder.feed(sse))
+                    done = next((i for i, e in enumerate(batch) if isinstance(e, Completed)), -1)
+                    if done >= 0:
+                        await self._drain(chunks)
+                        yield batch[: done + 1]
+                        return
+                    if batch:
+                        yield batch
             raise _Retryable(
                 ModelError("stream ended before completion", code=ErrorCode.UNAVAILABLE)
             )
@@ -323,11 +330,11 @@ class HttpProvider:
             code=ErrorCode.DEADLINE_EXCEEDED,
         )
 
-    async def _drain(self, lines: AsyncIterator[str]) -> None:
+    async def _drain(self, chunks: AsyncIterator[str]) -> None:
         """Read what follows the completing event (`[DONE]`, the end of the body)."""
         try:
             async with asyncio.timeout(_DRAIN_SECONDS):
-                async for _ in lines:
+                async for _ in chunks:
                     pass
         except (TimeoutError, httpx.HTTPError):
             pass  # the event is complete; the connection is simply not reused

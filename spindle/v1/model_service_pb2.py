@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from spindle.v1 import common_pb2 as spindle_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1espindle/v1/model_service.proto\x12\nspindle.v1\x1a\x17spindle/v1/common.proto\"\xd0\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0cinstructions\x18\x02 \x01(\t\x12\x1f\n\x05input\x18\x03 \x03(\x0b\x32\x10.spindle.v1.Item\x12\x1f\n\x05tools\x18\x04 \x03(\x0b\x32\x10.spindle.v1.Tool\x12\x18\n\x10prompt_cache_key\x18\x05 \x01(\t\x12\x11\n\tthread_id\x18\x06 \x01(\t\x12\x11\n\twindow_id\x18\x07 \x01(\t\x12\x16\n\x0esub_agent_kind\x18\x08 \x01(\t\"T\n\tCompleted\x12 \n\x05usage\x18\x01 \x01(\x0b\x32\x11.spindle.v1.Usage\x12\x13\n\x0bresponse_id\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\"\x9f\x01\n\x10GenerateResponse\x12+\n\ntext_delta\x18\x01 \x01(\x0b\x32\x15.spindle.v1.TextDeltaH\x00\x12)\n\titem_done\x18\x02 \x01(\x0b\x32\x14.spindle.v1.ItemDoneH\x00\x12*\n\tcompleted\x18\x03 \x01(\x0b\x32\x15.spindle.v1.CompletedH\x00\x42\x07\n\x05\x65vent2W\n\x0cModelService\x12G\n\x08Generate\x12\x1b.spindle.v1.GenerateRequest\x1a\x1c.spindle.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1espindle/v1/model_service.proto\x12\nspindle.v1\x1a\x17spindle/v1/common.proto\"\x8e\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0cinstructions\x18\x02 \x01(\t\x12\x1f\n\x05input\x18\x03 \x03(\x0b\x32\x10.spindle.v1.Item\x12\x1f\n\x05tools\x18\x04 \x03(\x0b\x32\x10.spindle.v1.Tool\x12\x18\n\x10prompt_cache_key\x18\x05 \x01(\t\x12\x11\n\tthread_id\x18\x06 \x01(\t\x12\x11\n\twindow_id\x18\x07 \x01(\t\x12\x16\n\x0esub_agent_kind\x18\x08 \x01(\t\x12$\n\x04\x62\x61se\x18\t \x01(\x0b\x32\x16.spindle.v1.WindowBase\x12\x16\n\x0ehistory_digest\x18\n \x01(\x0c\"8\n\nWindowBase\x12\x12\n\nitem_count\x18\x01 \x01(\x04\x12\x16\n\x0ehistory_digest\x18\x02 \x01(\x0c\"T\n\tCompleted\x12 \n\x05usage\x18\x01 \x01(\x0b\x32\x11.spindle.v1.Usage\x12\x13\n\x0bresponse_id\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\"q\n\x10GenerateResponse\x12)\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x19.spindle.v1.GenerateEventJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04R\ntext_deltaR\titem_doneR\tcompleted\"\x9c\x01\n\rGenerateEvent\x12+\n\ntext_delta\x18\x01 \x01(\x0b\x32\x15.spindle.v1.TextDeltaH\x00\x12)\n\titem_done\x18\x02 \x01(\x0b\x32\x14.spindle.v1.ItemDoneH\x00\x12*\n\tcompleted\x18\x03 \x01(\x0b\x32\x15.spindle.v1.CompletedH\x00\x42\x07\n\x05\x65vent2W\n\x0cModelService\x12G\n\x08Generate\x12\x1b.spindle.v1.GenerateRequest\x1a\x1c.spindle.v1.GenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,11 +33,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'spindle.v1.model_service_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST']._serialized_start=72
-  _globals['_GENERATEREQUEST']._serialized_end=280
-  _globals['_COMPLETED']._serialized_start=282
-  _globals['_COMPLETED']._serialized_end=366
-  _globals['_GENERATERESPONSE']._serialized_start=369
-  _globals['_GENERATERESPONSE']._serialized_end=528
-  _globals['_MODELSERVICE']._serialized_start=530
-  _globals['_MODELSERVICE']._serialized_end=617
+  _globals['_GENERATEREQUEST']._serialized_end=342
+  _globals['_WINDOWBASE']._serialized_start=344
+  _globals['_WINDOWBASE']._serialized_end=400
+  _globals['_COMPLETED']._serialized_start=402
+  _globals['_COMPLETED']._serialized_end=486
+  _globals['_GENERATERESPONSE']._serialized_start=488
+  _globals['_GENERATERESPONSE']._serialized_end=601
+  _globals['_GENERATEEVENT']._serialized_start=604
+  _globals['_GENERATEEVENT']._serialized_end=760
+  _globals['_MODELSERVICE']._serialized_start=762
+  _globals['_MODELSERVICE']._serialized_end=849
 # @@protoc_insertion_point(module_scope)

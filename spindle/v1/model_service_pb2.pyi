@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "instructions", "input", "tools", "prompt_cache_key", "thread_id", "window_id", "sub_agent_kind")
+    __slots__ = ("model", "instructions", "input", "tools", "prompt_cache_key", "thread_id", "window_id", "sub_agent_kind", "base", "history_digest")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,8 @@ class GenerateRequest(_message.Message):
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
     WINDOW_ID_FIELD_NUMBER: _ClassVar[int]
     SUB_AGENT_KIND_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     model: str
     instructions: str
     input: _containers.RepeatedCompositeFieldContainer[_common_pb2.Item]
@@ -25,7 +27,17 @@ class GenerateRequest(_message.Message):
     thread_id: str
     window_id: str
     sub_agent_kind: str
-    def __init__(self, model: _Optional[str] = ..., instructions: _Optional[str] = ..., input: _Optional[_Iterable[_Union[_common_pb2.Item, _Mapping]]] = ..., tools: _Optional[_Iterable[_Union[_common_pb2.Tool, _Mapping]]] = ..., prompt_cache_key: _Optional[str] = ..., thread_id: _Optional[str] = ..., window_id: _Optional[str] = ..., sub_agent_kind: _Optional[str] = ...) -> None: ...
+    base: WindowBase
+    history_digest: bytes
+    def __init__(self, model: _Optional[str] = ..., instructions: _Optional[str] = ..., input: _Optional[_Iterable[_Union[_common_pb2.Item, _Mapping]]] = ..., tools: _Optional[_Iterable[_Union[_common_pb2.Tool, _Mapping]]] = ..., prompt_cache_key: _Optional[str] = ..., thread_id: _Optional[str] = ..., window_id: _Optional[str] = ..., sub_agent_kind: _Optional[str] = ..., base: _Optional[_Union[WindowBase, _Mapping]] = ..., history_digest: _Optional[bytes] = ...) -> None: ...
+
+class WindowBase(_message.Message):
+    __slots__ = ("item_count", "history_digest")
+    ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    item_count: int
+    history_digest: bytes
+    def __init__(self, item_count: _Optional[int] = ..., history_digest: _Optional[bytes] = ...) -> None: ...
 
 class Completed(_message.Message):
     __slots__ = ("usage", "response_id", "endpoint")
@@ -38,6 +50,12 @@ class Completed(_message.Message):
     def __init__(self, usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., response_id: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[GenerateEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[GenerateEvent, _Mapping]]] = ...) -> None: ...
+
+class GenerateEvent(_message.Message):
     __slots__ = ("text_delta", "item_done", "completed")
     TEXT_DELTA_FIELD_NUMBER: _ClassVar[int]
     ITEM_DONE_FIELD_NUMBER: _ClassVar[int]

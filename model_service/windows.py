@@ -1,0 +1,78 @@
+"""The histories of recent windows, so that a request need only carry what is new.
+
+A thread's turns each send its whole history; on a long thread that is most
+of a turn's cost, on both sides of the wire. Instead, the thread-service
+names the history of the window's previous request (its `WindowBase`: item
+count and digest) and sends the items after it; `Windows` keeps each
+window's last history and puts it back in front. When it does not hold that
+history (a restart, an eviction, another replica) the call fails with
+WINDOW_NOT_HELD and the thread-service sends the whole history: losing this
+cache costs one full request, never a wrong prompt.
+
+Bounded by the items' bytes (`window_cache_bytes`); least recently used goes first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from spindle import items
+from spindle.errors import FailedPrecondition
+from spindle.model import WINDOW_NOT_HELD, ModelRequest
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    history: tuple[items.Item, ...]
+    digest: bytes
+    size: int
+
+
+class Windows:
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._held: OrderedDict[str, _Held] = OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def complete(self, request: ModelRequest) -> ModelRequest:
+        """The request with its whole history: the held base's items, then
+        those it carries. Keeps that history for the window's next request
+        when the request names its digest. FailedPrecondition (WINDOW_NOT_HELD)
+        when the base is not the history held."""
+        held = self._held.pop(request.window_id, None) if request.window_id else None
+        if held is not None:
+            self._bytes -= held.size
+        base = request.base
+        if base is None:
+            history, size = request.input, sum(items.size_of(i) for i in request.input)
+        else:
+            if (
+                held is None
+                or len(held.history) != base.item_count
+                or held.digest != base.history_digest
+            ):
+                raise FailedPrecondition(
+                    f"window {request.window_id} is not held here as its base says; "
+                    "send its whole history",
+                    reason=WINDOW_NOT_HELD,
+                )
+            history = held.history + request.input
+            size = held.size + sum(items.size_of(i) for i in request.input)
+        if request.history_digest and request.window_id and size <= self.max_bytes:
+            self._held[request.window_id] = _Held(history, request.history_digest, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, evicted = self._held.popitem(last=False)
+                self._bytes -= evicted.size
+        if base is None:
+            return request
+        return dataclasses.replace(request, input=history)
