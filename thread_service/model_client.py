@@ -106,6 +106,7 @@ class ModelServiceClient:
         self._token = _TokenFile(access.token_file) if access.token_file else None
         self._tls_files = tls.PemFiles([access.tls_ca, access.tls_cert, access.tls_key])
         self._channel = self._connect()
+        self._stub_now = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._old_channels: list[grpc.aio.Channel] = []
 
     def _connect(self) -> grpc.aio.Channel:
@@ -131,7 +132,8 @@ class ModelServiceClient:
             else:
                 self._old_channels.append(self._channel)  # calls on it run to their end
                 self._channel = fresh
-        return model_service_pb2_grpc.ModelServiceStub(self._channel)
+                self._stub_now = model_service_pb2_grpc.ModelServiceStub(fresh)
+        return self._stub_now
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[list[ModelEvent], None]:
         """The model's events in batches. A request with a base sends only its

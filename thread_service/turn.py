@@ -86,6 +86,7 @@ class Turn:
         self._task: asyncio.Task[None] | None = None
         self._flushed = 0
         self._flushing = True
+        self._flusher: asyncio.Task[None] | None = None
         # Set while the end is being saved again after a failed write: an
         # interrupt must not stop that, or the thread would stay RUNNING.
         self._saving_end = False
@@ -127,10 +128,13 @@ class Turn:
     async def _run(self) -> None:
         """Play the turn and record its end; whatever happens, the log ends (once)."""
         failure: SpindleError | None = None
-        flusher = asyncio.create_task(self._flush_while_running())
+        # Most turns end sooner: only one that runs on starts keeping its events.
+        timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._start_flushing)
         try:
             outcome = await self._play()
-            await _to_the_end(self._stop_flushing(flusher))
+            timer.cancel()
+            if self._flusher is not None:
+                await _to_the_end(self._stop_flushing(self._flusher))
             failure = outcome.failure
             if not await self._save_end(outcome):
                 failure = Unavailable(END_NOT_SAVED)
@@ -146,8 +150,10 @@ class Turn:
                 )
             failure = SpindleError(INTERNAL_FAILURE)
         finally:
+            timer.cancel()
             self._flushing = False
-            flusher.cancel()
+            if self._flusher is not None:
+                self._flusher.cancel()
             self.log.end(failure)
 
     async def _play(self) -> Outcome:
@@ -198,14 +204,18 @@ class Turn:
         self._flushed += len(new)
         return [(event.sequence, events.encode(event)) for event in new]
 
+    def _start_flushing(self) -> None:
+        if self._flushing and self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_while_running())
+
     async def _flush_while_running(self) -> None:
         """Keep the events so far, now and then, for followers on other replicas."""
         with contextlib.suppress(SpindleError):
             while self._flushing:
-                await asyncio.sleep(FLUSH_SECONDS)
                 pending = self._unflushed()
                 if pending:
                     await _to_the_end(self.store.append_events(self.id, pending))
+                await asyncio.sleep(FLUSH_SECONDS)
 
     async def _stop_flushing(self, flusher: asyncio.Task[None]) -> None:
         """Stop keeping events now and then; a write under way finishes first,

@@ -196,7 +196,9 @@ class Turns:
             if not first_call:
                 return begun, False
             model_request = self._model_request(current, history, input_items, tools)
-            ended = functools.partial(self._ended, caller, history, model_request, input_items)
+            ended = functools.partial(
+                self._ended, begun.id, caller, history, model_request, input_items
+            )
             turn = Turn(self.store, self.model, begun, model_request, on_end=ended)
             self._running[current.id] = turn
             turn.start().add_done_callback(functools.partial(self._forget, turn))
@@ -236,15 +238,20 @@ class Turns:
 
     def _ended(
         self,
+        turn_id: str,
         caller: Principal,
         history: History,
         request: ModelRequest,
         input_items: Sequence[items.Item],
         outcome: Outcome,
     ) -> None:
-        """A turn's end is saved: charge its tokens, and keep the thread's
-        history for its next turn (with what the model-service now holds, when
-        the model call completed)."""
+        """A turn's end is saved: the thread takes its next turn from now on
+        (before the turn's task is done), its tokens are charged, and its
+        history is kept for that next turn (with what the model-service now
+        holds, when the model call completed)."""
+        running = self._running.get(request.thread_id)
+        if running is not None and running.id == turn_id:
+            del self._running[request.thread_id]
         if self.tokens is not None:
             usage = outcome.usage
             self.tokens.charge(caller.name, usage.input_tokens + usage.output_tokens)

@@ -35,6 +35,11 @@ class SqlStore:
     async def _run(self, script: Script[T]) -> T:
         raise NotImplementedError
 
+    async def _read(self, script: Script[T]) -> T:
+        """Run a read of a few rows by key; a backend may do that more cheaply
+        than a transaction."""
+        return await self._run(script)
+
     async def close(self) -> None:
         raise NotImplementedError
 
@@ -55,7 +60,7 @@ class SqlStore:
         )
 
     async def get_thread(self, thread_id: str) -> ThreadRecord | None:
-        return await self._run(ops.get_thread(thread_id))
+        return await self._read(ops.get_thread(thread_id))
 
     async def update_thread(self, thread: ThreadRecord) -> None:
         await self._run(ops.update_thread(thread))
@@ -111,10 +116,10 @@ class SqlStore:
         return await self._run(ops.read_events(turn_id, after))
 
     async def get_turn(self, turn_id: str) -> TurnRecord | None:
-        return await self._run(ops.get_turn(turn_id))
+        return await self._read(ops.get_turn(turn_id))
 
     async def running_turn(self, thread_id: str) -> TurnRecord | None:
-        return await self._run(ops.running_turn(thread_id))
+        return await self._read(ops.running_turn(thread_id))
 
     async def list_turns(self, thread_id: str, offset: int, limit: int) -> list[TurnRecord]:
         return await self._run(ops.list_turns(thread_id, offset, limit))
@@ -123,7 +128,7 @@ class SqlStore:
         return await self._run(ops.request_interrupt(turn_id, reason))
 
     async def find_request(self, request: RequestKey) -> tuple[str, str] | None:
-        return await self._run(ops.find_request(request))
+        return await self._read(ops.find_request(request))
 
     async def interrupts_requested(self, owner: str) -> list[tuple[str, str]]:
         return await self._run(ops.interrupts_requested(owner))

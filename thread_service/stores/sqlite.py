@@ -3,7 +3,9 @@
 One connection, used from one worker thread, runs every transaction of the
 process; a lock file keeps a second process off the same database, so this
 store is `exclusive`: turns still marked running at start belong to a
-process that is gone.
+process that is gone. A second, read-only connection serves reads of a row
+by key on the event loop's thread: a WAL reader never waits for the writer,
+and the read costs less than the hop to the worker thread would.
 
 Faults: a full disk fails a write with RESOURCE_EXHAUSTED and an I/O error
 with UNAVAILABLE, and the store reports itself unhealthy until a write
@@ -47,6 +49,7 @@ class SQLiteStore(SqlStore):
         self._synchronous = synchronous.upper()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._closed = False
         self._inode = 0
@@ -94,12 +97,30 @@ class SQLiteStore(SqlStore):
         conn.execute("PRAGMA busy_timeout=10000")
         self._conn = conn
         _migrate(conn, self.path, migrate_to)
+        reader = sqlite3.connect(
+            f"{self.path.resolve().as_uri()}?mode=ro",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        reader.row_factory = sqlite3.Row
+        reader.execute("PRAGMA busy_timeout=1000")
+        self._reader = reader
 
     async def _run(self, script: Script[T]) -> T:
         """Run a script in one transaction on the store's thread. Once submitted
         it runs to the end: cancelling the caller must not drop a queued write."""
         loop = asyncio.get_running_loop()
         return await asyncio.shield(loop.run_in_executor(self._executor, self._transaction, script))
+
+    async def _read(self, script: Script[T]) -> T:
+        if self._reader is None:
+            raise RuntimeError("store is closed")
+        self._check_file()
+        try:
+            return _drive(self._reader, script)
+        except sqlite3.OperationalError as exc:
+            raise _fault(exc, self.path) from None
 
     def _transaction(self, script: Script[T]) -> T:
         if self._conn is None:
@@ -151,6 +172,9 @@ class SQLiteStore(SqlStore):
             elif self._conn is not None:
                 self._conn.close()
             self._conn = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
