@@ -9,6 +9,7 @@ from contextlib import aclosing
 
 import grpc
 
+from model_service import telemetry
 from model_service.providers.base import Served
 from model_service.router import Router
 from spindle import convert
@@ -24,12 +25,14 @@ log = logging.getLogger("model_service.requests")
 class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]
     def __init__(self, router: Router) -> None:
         self.router = router
+        self.calls = telemetry.ModelCalls(router.models)  # metrics and span attributes
 
     @rpc
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         model_request = convert.request_from_pb(request)
+        call = self.calls.started(model_request)
         provider, served = "-", Served()
         usage, outcome = Usage(), "CANCELLED"
         try:
@@ -75,3 +78,4 @@ class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]
                 usage.cached_input_tokens,
                 usage.output_tokens,
             )
+            call.ended(provider, outcome, usage, served.endpoint)

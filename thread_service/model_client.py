@@ -25,7 +25,7 @@ from pathlib import Path
 
 import grpc
 
-from spindle import convert, tls
+from spindle import convert, tls, tracing
 from spindle.errors import ErrorCode, ModelError, SpindleError
 from spindle.grpc_errors import model_error_from_rpc
 from spindle.model import ModelEvent, ModelRequest
@@ -131,6 +131,8 @@ class ModelServiceClient:
         metadata = [(HASH_HEADER, request.prompt_cache_key)]
         if self._token is not None:
             metadata.append(("authorization", f"Bearer {self._token.token()}"))
+        if tracing.tracer is not None:  # the turn's span, as the model call's parent
+            tracing.inject_metadata(metadata)
         call = self._stub().Generate(
             convert.request_to_pb(request), metadata=metadata, timeout=self.access.timeout
         )

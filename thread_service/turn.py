@@ -21,7 +21,7 @@ from typing import TypeVar
 from spindle import items
 from spindle.errors import ErrorCode, ResourceExhausted, SpindleError, Unavailable
 from spindle.model import Completed, ItemDone, ModelRequest, ModelStreamer, Usage
-from thread_service import events
+from thread_service import events, telemetry
 from thread_service.events import TurnCompleted, TurnEvent, TurnLog, TurnStarted
 from thread_service.records import Entry, TurnError, TurnRecord, TurnStatus
 from thread_service.store import Store
@@ -80,6 +80,7 @@ class Turn:
         self.record = record
         self.request = request
         self.log = TurnLog()
+        self.watch = telemetry.TurnWatch(record, request)  # metrics, span, log context
         self.interruption: Interruption | None = None
         self._on_usage = on_usage
         self._task: asyncio.Task[None] | None = None
@@ -99,7 +100,7 @@ class Turn:
 
     def start(self) -> asyncio.Task[None]:
         """Play the turn (its start is recorded already) in a task of its own."""
-        self._task = asyncio.create_task(self._run())
+        self._task = asyncio.create_task(self.watch.around(self._run(), self.log))
         return self._task
 
     @property
@@ -177,6 +178,8 @@ class Turn:
                     continue
                 if isinstance(event, ItemDone):
                     outputs.append(event.item)
+                if self.watch.awaiting_first_token:
+                    self.watch.first_token(event)
                 self.log.append(event)
         except asyncio.CancelledError:
             _uncancel()
