@@ -3,6 +3,8 @@
 #   docker run IMAGE model-service
 # Flags after the command go to the service (`docker run IMAGE model-service --help`).
 # Settings come from SPINDLE_* variables (README, "Configuration").
+# The services log to stdout here (SPINDLE_LOG_STREAM), where container
+# platforms collect logs; SPINDLE_LOG_FORMAT=json gives one object a line.
 #
 # BASE_IMAGE is any Debian-like image with python3 (3.11), venv and pip:
 # the official slim image by default; pin it by digest for a reproducible build.
@@ -48,7 +50,8 @@ ENV PATH=/opt/spindle/bin:$PATH \
     SPINDLE_THREAD_LISTEN=0.0.0.0:50051 \
     SPINDLE_MODEL_LISTEN=0.0.0.0:50052 \
     SPINDLE_DATA_DIR=/var/lib/spindle \
-    SPINDLE_CONFIG_HOME=/home/spindle/.spindle
+    SPINDLE_CONFIG_HOME=/home/spindle/.spindle \
+    SPINDLE_LOG_STREAM=stdout
 USER spindle
 WORKDIR /home/spindle
 # The services stop gracefully on SIGTERM: health turns NOT_SERVING, in-flight

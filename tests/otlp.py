@@ -116,3 +116,18 @@ def _attributes(pairs: Any) -> dict[str, Any]:
 def _value(value: AnyValue) -> Any:
     kind = value.WhichOneof("value")
     return getattr(value, kind) if kind else None
+
+
+def main() -> None:
+    """Serve as a process (benchmarks): print the endpoint, count spans until
+    stdin closes, then print how many arrived."""
+    import sys
+
+    with OtlpReceiver() as receiver:
+        print(receiver.endpoint, flush=True)
+        sys.stdin.read()
+        print(len(receiver.spans), flush=True)
+
+
+if __name__ == "__main__":
+    main()
