@@ -10,11 +10,14 @@
 # the official slim image by default; pin it by digest for a reproducible build.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-# --- requirements: pyproject.toml's [project] dependencies, as a file whose
-# content alone decides whether the deps stage below is rebuilt.
+# --- requirements: pyproject.toml's [project] dependencies, and those of the
+# extras named in EXTRAS (comma-separated, e.g. `--build-arg EXTRAS=otel` for
+# tracing), as a file whose content alone decides whether the deps stage
+# below is rebuilt.
 FROM ${BASE_IMAGE} AS requirements
+ARG EXTRAS=""
 COPY pyproject.toml /src/
-RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' > /requirements.txt
+RUN python3 -c 'import os, tomllib; project = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; extras = [name for name in os.environ["EXTRAS"].split(",") if name]; print("\n".join(project["dependencies"] + [dep for name in extras for dep in project["optional-dependencies"][name]]))' > /requirements.txt
 
 # --- deps: the runtime dependencies in a venv. A change of the source, or of
 # pyproject.toml outside the dependency list, leaves this layer cached.

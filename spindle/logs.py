@@ -53,13 +53,16 @@ def _stream(name: str) -> TextIO:
 
 
 def bind_request(request: Any) -> None:
-    """Name the thread a request names (its `thread_id`, if it has one) as the
-    one this call's log lines are about. Cut to an id's length: it is the
-    caller's text, not yet checked."""
+    """Name the thread (and turn) a request names, if it has those fields, as
+    the ones this call's log lines are about. Cut to an id's length: they are
+    the caller's text, not yet checked."""
     if _json:
         thread_id = getattr(request, "thread_id", "")
         if thread_id and isinstance(thread_id, str):
             _THREAD_ID.set(thread_id[:_ID_CHARS])
+        turn_id = getattr(request, "turn_id", "")
+        if turn_id and isinstance(turn_id, str):
+            _TURN_ID.set(turn_id[:_ID_CHARS])
 
 
 def bind_turn(thread_id: str, turn_id: str) -> None:

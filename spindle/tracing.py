@@ -6,11 +6,13 @@ exports its spans over OTLP/HTTP (the `otel` extra: `pip install
 'spindle[otel]'`), configured by the standard variables
 (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
 `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
-`OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, `OTEL_PROPAGATORS`).
+`OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`).
 
 The trace context travels as W3C `traceparent` (and `tracestate`): in, from a
 caller's gRPC metadata (`server_span`); out, in the metadata of calls to the
-model-service and the headers of requests to a provider (`inject`). Every
+model-service and the headers of requests to a provider (`inject`). Only
+the W3C trace context, whatever OTEL_PROPAGATORS says: W3C baggage would
+carry whatever a public caller put in it on to the provider. Every
 call and every turn runs in an asyncio task of its own, so a span made
 current there (`make_current`) is current for what that task does, and for
 tasks it starts, and ends with it: nothing needs detaching.
@@ -32,6 +34,7 @@ INSTALL_HINT = "pip install 'spindle[otel]'"
 
 tracer: Tracer | None = None
 _provider: Any = None
+_propagator: Any = None  # W3C trace context only
 
 # gRPC codes that mark a server's span as an error (OpenTelemetry's RPC
 # conventions): the others are the caller's doing, not the server's.
@@ -51,7 +54,7 @@ def setup(mode: str, service_name: str) -> None:
     """Start exporting spans as `mode` says ("" leaves tracing off). The
     service's name is `service_name` unless OTEL_SERVICE_NAME (or
     OTEL_RESOURCE_ATTRIBUTES) names it."""
-    global tracer, _provider
+    global tracer, _provider, _propagator
     if not mode:
         return
     try:
@@ -60,6 +63,7 @@ def setup(mode: str, service_name: str) -> None:
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
     except ImportError as exc:
         raise SettingsError(
             f"tracing = {mode!r} needs OpenTelemetry's SDK and OTLP exporter ({INSTALL_HINT}): "
@@ -72,6 +76,7 @@ def setup(mode: str, service_name: str) -> None:
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     _provider = provider
+    _propagator = TraceContextTextMapPropagator()
     tracer = provider.get_tracer("spindle")
 
 
@@ -86,12 +91,11 @@ def shutdown() -> None:
 def server_span(full_method: str, metadata: Sequence[tuple[str, str | bytes]] | None) -> Span:
     """A SERVER span for a call to `full_method`, child of the caller's span
     when its metadata carries one, made current for the call's task."""
-    from opentelemetry import propagate
     from opentelemetry.trace import SpanKind
 
     assert tracer is not None
     carrier = {key: value for key, value in metadata or () if isinstance(value, str)}
-    parent = propagate.extract(carrier)
+    parent = _propagator.extract(carrier)
     service, _, method = full_method.lstrip("/").rpartition("/")
     span = tracer.start_span(
         full_method.lstrip("/"),
@@ -147,9 +151,9 @@ def fail(span: Span, description: str) -> None:
 
 def inject(carrier: MutableMapping[str, str], span: Span | None = None) -> None:
     """Put the trace context (of `span`, else the current one) into `carrier`."""
-    from opentelemetry import propagate, trace
+    from opentelemetry import trace
 
-    propagate.inject(carrier, context=trace.set_span_in_context(span) if span else None)
+    _propagator.inject(carrier, context=trace.set_span_in_context(span) if span else None)
 
 
 def inject_metadata(metadata: list[tuple[str, str]]) -> None:

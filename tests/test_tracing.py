@@ -69,6 +69,7 @@ def test_a_turn_is_one_trace_from_the_client_to_the_provider(
         client = provider.get_tracer("test-client").start_span("run a turn", kind=SpanKind.CLIENT)
         carrier: dict[str, str] = {}
         TraceContextTextMapPropagator().inject(carrier, context=set_span_in_context(client))
+        carrier["baggage"] = "user=someone"  # W3C baggage: not for the provider
         request = pb.RunTurnRequest(thread_id=started.id, input=[user("hello")])
         events = events_of(stub.RunTurn(request, metadata=list(carrier.items())))
         client.end()
@@ -96,6 +97,7 @@ def test_a_turn_is_one_trace_from_the_client_to_the_provider(
     version, sent_trace, sent_parent, flags = sent.headers["traceparent"].split("-")
     assert (version, sent_trace, sent_parent) == ("00", trace_id, post.span_id)
     assert int(flags, 16) & 1  # sampled
+    assert "baggage" not in sent.headers
 
     # What each span says: RPC, GenAI and Spindle attributes, never a message's text.
     assert run_turn.attributes["rpc.grpc.status_code"] == 0
