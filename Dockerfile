@@ -3,16 +3,21 @@
 #   docker run IMAGE model-service
 # Flags after the command go to the service (`docker run IMAGE model-service --help`).
 # Settings come from SPINDLE_* variables (README, "Configuration").
+# The services log to stdout here (SPINDLE_LOG_STREAM), where container
+# platforms collect logs; SPINDLE_LOG_FORMAT=json gives one object a line.
 #
 # BASE_IMAGE is any Debian-like image with python3 (3.11), venv and pip:
 # the official slim image by default; pin it by digest for a reproducible build.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-# --- requirements: pyproject.toml's [project] dependencies, as a file whose
-# content alone decides whether the deps stage below is rebuilt.
+# --- requirements: pyproject.toml's [project] dependencies, and those of the
+# extras named in EXTRAS (comma-separated, e.g. `--build-arg EXTRAS=otel` for
+# tracing), as a file whose content alone decides whether the deps stage
+# below is rebuilt.
 FROM ${BASE_IMAGE} AS requirements
+ARG EXTRAS=""
 COPY pyproject.toml /src/
-RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' > /requirements.txt
+RUN python3 -c 'import os, tomllib; project = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; extras = [name for name in os.environ["EXTRAS"].split(",") if name]; print("\n".join(project["dependencies"] + [dep for name in extras for dep in project["optional-dependencies"][name]]))' > /requirements.txt
 
 # --- deps: the runtime dependencies in a venv. A change of the source, or of
 # pyproject.toml outside the dependency list, leaves this layer cached.
@@ -48,7 +53,8 @@ ENV PATH=/opt/spindle/bin:$PATH \
     SPINDLE_THREAD_LISTEN=0.0.0.0:50051 \
     SPINDLE_MODEL_LISTEN=0.0.0.0:50052 \
     SPINDLE_DATA_DIR=/var/lib/spindle \
-    SPINDLE_CONFIG_HOME=/home/spindle/.spindle
+    SPINDLE_CONFIG_HOME=/home/spindle/.spindle \
+    SPINDLE_LOG_STREAM=stdout
 USER spindle
 WORKDIR /home/spindle
 # The services stop gracefully on SIGTERM: health turns NOT_SERVING, in-flight

@@ -9,6 +9,7 @@ from contextlib import aclosing
 
 import grpc
 
+from model_service import telemetry
 from model_service.providers.base import Served
 from model_service.router import Router
 from model_service.windows import Windows
@@ -26,12 +27,14 @@ class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]
     def __init__(self, router: Router, windows: Windows | None = None) -> None:
         self.router = router
         self.windows = windows if windows is not None else Windows()
+        self.calls = telemetry.ModelCalls(router.models)  # metrics and span attributes
 
     @rpc
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         model_request = convert.request_from_pb(request)
+        call = self.calls.started(model_request)
         provider, served = "-", Served()
         usage, outcome = Usage(), "CANCELLED"
         try:
@@ -78,3 +81,4 @@ class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]
                 usage.output_tokens,
                 len(request.input),
             )
+            call.ended(provider, outcome, usage, served.endpoint)

@@ -9,22 +9,32 @@ authentication and the per-principal request rate.
   UNAUTHENTICATED. The servicer reads it with `caller()`.
 - Health checking and reflection stay open to every caller: probes and
   tools need them, and they reveal nothing but the public API.
+- Every call is observed here, once for every method: counted by the
+  status code it ended with and timed (`spindle.metrics`, when served),
+  traced as a SERVER span continuing the caller's trace (`spindle.tracing`,
+  when on), and the thread it names bound to its log lines (`spindle.logs`,
+  in JSON). Each costs one test when off.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from spindle import logs, metrics, tracing
 from spindle.auth import LOCAL, Authenticator, Principal
 from spindle.errors import InvalidArgument, SpindleError
 from spindle.grpc_errors import abort
 from spindle.ratelimit import RateLimit
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +76,8 @@ class Edge(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.authenticator = authenticator
         self.requests = requests
         self._undecodable_log = _OncePer(10.0)
+        # Per method the server registered (never a name a caller made up).
+        self._metrics: dict[str, metrics.RpcMetrics] = {}
 
     async def intercept_service(
         self,
@@ -83,7 +95,12 @@ class Edge(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             except Exception:
                 return _UNDECODABLE
 
-        gate = _Gate(self, details.method, open=details.method.startswith(OPEN_PREFIXES))
+        rpc_metrics = self._metrics.get(details.method)
+        if rpc_metrics is None:
+            rpc_metrics = self._metrics[details.method] = metrics.RpcMetrics(details.method)
+        gate = _Gate(
+            self, details.method, rpc_metrics, open=details.method.startswith(OPEN_PREFIXES)
+        )
         wrapped = {
             kind: getattr(gate, kind)(getattr(handler, kind))
             for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
@@ -103,6 +120,7 @@ class Edge(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if self.requests is not None:
             self.requests.check(principal.name, 1)
         _CALLER.set(principal)
+        logs.bind_request(request)
 
     def check_decoded(self, request: Any, method: str) -> None:
         if request is not _UNDECODABLE:
@@ -118,32 +136,73 @@ class Edge(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 class _Gate:
-    """Wraps one method's behaviours so each call is admitted first. Open
-    methods (health, reflection) are only checked for undecodable payloads."""
+    """Wraps one method's behaviours so each call is admitted first, and
+    observed from its arrival to its end. Open methods (health, reflection)
+    are only checked for undecodable payloads."""
 
-    def __init__(self, edge: Edge, method: str, *, open: bool) -> None:
+    def __init__(
+        self, edge: Edge, method: str, rpc_metrics: metrics.RpcMetrics, *, open: bool
+    ) -> None:
         self.edge = edge
         self.method = method
+        self.metrics = rpc_metrics
         self.open = open
+
+    def _arrived(self, context: grpc.aio.ServicerContext) -> tuple[float, Span | None]:
+        span = None
+        if tracing.tracer is not None and not self.open:  # probes would flood the traces
+            span = tracing.server_span(self.method, context.invocation_metadata())
+        return time.perf_counter(), span
+
+    def _ended(
+        self,
+        context: grpc.aio.ServicerContext,
+        arrived: tuple[float, Span | None],
+        failure: BaseException | None,
+    ) -> None:
+        started, span = arrived
+        if not metrics.on and span is None:
+            return
+        code = _status_of(context, failure)
+        if metrics.on:
+            self.metrics.observe(code, time.perf_counter() - started)
+        if span is not None:
+            tracing.end_server_span(span, code)
 
     def unary_unary(self, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            arrived = self._arrived(context)
+            failure: BaseException | None = None
             try:
-                self.edge.admit(request, context, self)
-            except SpindleError as exc:
-                await abort(context, exc)
-            return await behaviour(request, context)
+                try:
+                    self.edge.admit(request, context, self)
+                except SpindleError as exc:
+                    await abort(context, exc)
+                return await behaviour(request, context)
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                self._ended(context, arrived, failure)
 
         return guarded
 
     def unary_stream(self, behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            arrived = self._arrived(context)
+            failure: BaseException | None = None
             try:
-                self.edge.admit(request, context, self)
-            except SpindleError as exc:
-                await abort(context, exc)
-            async for response in behaviour(request, context):
-                yield response
+                try:
+                    self.edge.admit(request, context, self)
+                except SpindleError as exc:
+                    await abort(context, exc)
+                async for response in behaviour(request, context):
+                    yield response
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                self._ended(context, arrived, failure)
 
         return guarded
 
@@ -157,11 +216,19 @@ class _Gate:
 
     def stream_unary(self, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         async def guarded(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            arrived = self._arrived(context)
+            failure: BaseException | None = None
             try:
                 self.edge.admit(None, context, self)
                 return await behaviour(self._checked(requests), context)
             except SpindleError as exc:
+                failure = exc
                 await abort(context, exc)
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                self._ended(context, arrived, failure)
 
         return guarded
 
@@ -169,14 +236,39 @@ class _Gate:
         async def guarded(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
+            arrived = self._arrived(context)
+            failure: BaseException | None = None
             try:
                 self.edge.admit(None, context, self)
                 async for response in behaviour(self._checked(requests), context):
                     yield response
             except SpindleError as exc:
+                failure = exc
                 await abort(context, exc)
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                self._ended(context, arrived, failure)
 
         return guarded
+
+
+def _status_of(context: grpc.aio.ServicerContext, failure: BaseException | None) -> grpc.StatusCode:
+    """The status code a call ended with: the one it was aborted with, OK when
+    it returned, CANCELLED (or DEADLINE_EXCEEDED) when it was cut short, and
+    UNKNOWN for an exception that gRPC itself turns into a status."""
+    code: grpc.StatusCode | None = context.code()
+    if code is not None:
+        return code
+    if failure is None:
+        return grpc.StatusCode.OK
+    if isinstance(failure, asyncio.CancelledError | GeneratorExit):
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
 
 
 def _text(value: str | bytes | None) -> str | None:

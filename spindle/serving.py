@@ -7,7 +7,9 @@ follows the service's own `healthy()` (the thread-service reports NOT_SERVING
 while its store cannot write). SIGTERM and SIGINT flip health to NOT_SERVING,
 stop taking calls, give in-flight calls `grace` seconds, then run the
 service's own shutdown (which finishes and records interrupted turns) before
-the process exits.
+the process exits. A process also sets up its logging (`spindle.logs`), its
+tracing (`spindle.tracing`) and, when `metrics_listen` is set, the metrics
+endpoint (`spindle.metrics`), and flushes its last spans as it exits.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from spindle import reflection, settings, tls
+from spindle import logs, metrics, reflection, settings, tls, tracing
 from spindle.edge import Edge
 from spindle.errors import StartupError
 from spindle.settings import ServiceSettings
@@ -165,14 +167,9 @@ def credentials_of(config: ServiceSettings) -> grpc.ServerCredentials | None:
 
 
 async def run_until_signal(service: Service, config: ServiceSettings, label: str) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
-    running = await start(service, config.listen, credentials_of(config))
-    host = config.listen.rpartition(":")[0]
-    log.info("%s listening on %s:%d", label, host, running.port)
-    if not config.tls_cert and not settings.is_loopback(host):
-        log.warning(
-            "%s serves %s without TLS: tokens and data cross the network in clear", label, host
-        )
+    """Serve until SIGTERM or SIGINT, then shut down gracefully. The signals
+    are caught before anything is served, so one that arrives as the service
+    starts still stops it gracefully."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -180,9 +177,24 @@ async def run_until_signal(service: Service, config: ServiceSettings, label: str
         # how scripts/serve keeps Ctrl-C to itself and stops the services in order.
         if signal.getsignal(signum) is not signal.SIG_IGN:
             loop.add_signal_handler(signum, stop.set)
+    metrics_server = None
+    if config.metrics_listen:
+        metrics_server = metrics.serve(config.metrics_listen)
+        metrics_host = config.metrics_listen.rpartition(":")[0]
+        metrics_port = metrics_server.server_port
+        log.info("%s metrics on http://%s:%d/metrics", label, metrics_host, metrics_port)
+    running = await start(service, config.listen, credentials_of(config))
+    host = config.listen.rpartition(":")[0]
+    log.info("%s listening on %s:%d", label, host, running.port)
+    if not config.tls_cert and not settings.is_loopback(host):
+        log.warning(
+            "%s serves %s without TLS: tokens and data cross the network in clear", label, host
+        )
     await stop.wait()
     log.info("%s stopping: in-flight calls get %.1f s", label, config.shutdown_grace)
     await running.stop(config.shutdown_grace)
+    if metrics_server is not None:
+        metrics.stop(metrics_server)
     log.info("%s stopped", label)
 
 
@@ -207,13 +219,10 @@ def main(
             prog=f"python -m {label.replace('-', '_')}",
             description=description,
         )
+        tracing.setup(config.tracing, label)
     except settings.SettingsError as exc:
         sys.exit(f"{label}: {exc}")
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(config.log_level, config.log_format, config.log_stream)
 
     async def run() -> None:
         service = await build(config)
@@ -224,3 +233,5 @@ def main(
     except (StartupError, settings.SettingsError) as exc:
         log.error("%s", exc)
         sys.exit(2)
+    finally:
+        tracing.shutdown()

@@ -22,6 +22,9 @@ from typing import Any, ClassVar, TypeVar
 DEFAULT_CONFIG_HOME = Path("~/.spindle")
 CONFIG_FILE_NAME = "config.toml"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+LOG_STREAMS = ("stderr", "stdout")
+TRACING_MODES = ("", "otlp")
 
 
 class SettingsError(Exception):
@@ -51,6 +54,30 @@ class ServiceSettings:
         10.0, "SPINDLE_SHUTDOWN_GRACE", "seconds in-flight calls get to finish on SIGTERM"
     )
     log_level: str = setting("INFO", "SPINDLE_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = setting(
+        "text",
+        "SPINDLE_LOG_FORMAT",
+        "text (for people) or json (one object a line, with the thread, turn and trace ids)",
+    )
+    log_stream: str = setting("stderr", "SPINDLE_LOG_STREAM", "where logs go: stderr or stdout")
+    metrics_listen: str = setting(
+        "",
+        "SPINDLE_METRICS_LISTEN",
+        "HOST:PORT to serve Prometheus metrics on, at /metrics (empty: no metrics); a "
+        "non-loopback address needs metrics_public",
+    )
+    metrics_public: bool = setting(
+        False,
+        "SPINDLE_METRICS_PUBLIC",
+        "serve metrics on a non-loopback metrics_listen: anyone who reaches it reads them "
+        "(counts, latencies, method, provider and model names; no ids, contents or secrets)",
+    )
+    tracing: str = setting(
+        "",
+        "SPINDLE_TRACING",
+        "otlp: export traces over OTLP/HTTP as the OTEL_* variables say (needs the otel "
+        "extra); empty: no tracing",
+    )
     auth_file: str = setting(
         "",
         "SPINDLE_AUTH_FILE",
@@ -86,6 +113,14 @@ class ServiceSettings:
             raise SettingsError(f"listen must be HOST:PORT, not {self.listen!r}")
         if self.log_level.upper() not in LOG_LEVELS:
             raise SettingsError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        if self.log_format not in LOG_FORMATS:
+            raise SettingsError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
+        if self.log_stream not in LOG_STREAMS:
+            raise SettingsError(f"log_stream must be one of {', '.join(LOG_STREAMS)}")
+        if self.tracing not in TRACING_MODES:
+            raise SettingsError("tracing must be otlp, or empty for none")
+        if self.metrics_listen:
+            self._validate_metrics_listen()
         if not 0 <= self.shutdown_grace <= 3600:
             raise SettingsError("shutdown_grace must be within 0..3600 seconds")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -98,6 +133,18 @@ class ServiceSettings:
             raise SettingsError(
                 f"listening on {self.listen} needs authentication: set auth_file (see the "
                 "README, Security), or --insecure-no-auth to serve everyone who reaches it"
+            )
+
+    def _validate_metrics_listen(self) -> None:
+        host, sep, port = self.metrics_listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise SettingsError(
+                f"metrics_listen must be HOST:PORT (or empty), not {self.metrics_listen!r}"
+            )
+        if not self.metrics_public and not is_loopback(host):
+            raise SettingsError(
+                f"serving metrics on {self.metrics_listen} lets anyone who reaches it read "
+                "them: set metrics_public to say so (see the README, Metrics)"
             )
 
 

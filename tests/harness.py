@@ -118,6 +118,7 @@ async def _start(
 
 
 _LISTENING = re.compile(r"listening on [^\s:]+:(\d+)")
+_METRICS = re.compile(r"metrics on (http://\S+/metrics)")
 
 
 class ServiceProcess:
@@ -157,6 +158,19 @@ class ServiceProcess:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def metrics_url(self, timeout: float = 30) -> str:
+        """Where the service serves its metrics (started with --metrics-listen),
+        as its log says right after it listens."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.log_lines:
+                match = _METRICS.search(line)
+                if match:
+                    return match.group(1)
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{self.module} serves no metrics:\n{self.log_text()}")
+            time.sleep(0.02)
 
     def log_text(self) -> str:
         return "\n".join(self.log_lines)

@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from spindle.v1 import common_pb2 as c
 from spindle.v1 import thread_service_pb2 as pb
@@ -183,6 +185,8 @@ def compose(compose_base: Compose) -> Iterator[Compose]:
     """A project of its own, on free ports, removed with its volumes at the end."""
     env = {**compose_base.env, "SPINDLE_PORT": str(_free_port())}
     env["SPINDLE_PG_PORT"] = str(_free_port())
+    env["SPINDLE_METRICS_PORT"] = str(_free_port())
+    env["SPINDLE_PG_METRICS_PORT"] = str(_free_port())
     project = Compose(compose_base.command, compose_base.files, env)
     try:
         yield project
@@ -198,6 +202,43 @@ def _run_turn(stub: pb_grpc.ThreadServiceStub, thread_id: str, text: str) -> pb.
     request = pb.RunTurnRequest(thread_id=thread_id, input=_text(text))
     events = events_of(stub.RunTurn(request, timeout=60))
     return events[-1].turn_completed
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Prometheus samples by name and labels."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def check_metrics(compose: Compose, thread_service: str, completed_turns: int) -> None:
+    """The thread-service's metrics from the host, on its loopback only; the
+    model-service's from inside its container (nothing of it is published)."""
+    metrics_port = compose.env[
+        "SPINDLE_PG_METRICS_PORT" if thread_service.endswith("-pg") else "SPINDLE_METRICS_PORT"
+    ]
+    published = _run(["docker", "port", compose.container(thread_service), "9464"]).split()
+    assert published == [f"127.0.0.1:{metrics_port}"]
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        thread_metrics = _samples(response.read().decode())
+    completed = ("spindle_turns_total", frozenset({("status", "completed")}))
+    assert thread_metrics[completed] == completed_turns
+    run_turn = {"service": "spindle.v1.ThreadService", "method": "RunTurn", "code": "OK"}
+    assert thread_metrics[("spindle_rpc_requests_total", frozenset(run_turn.items()))] == (
+        completed_turns
+    )
+    scrape = (
+        "import urllib.request; "
+        "print(urllib.request.urlopen('http://127.0.0.1:9464/metrics').read().decode())"
+    )
+    model_metrics = _samples(compose("exec", "-T", "model-service", "python3", "-c", scrape))
+    generated = {"provider": "embedded", "model": "spindle-echo", "code": "OK"}
+    assert model_metrics[("spindle_model_requests_total", frozenset(generated.items()))] == (
+        completed_turns
+    )
 
 
 def _requests_seen(log: str) -> list[tuple[str, ...]]:
@@ -247,7 +288,8 @@ def exercise_stack(compose: Compose, thread_service: str, port: int) -> None:
     compose("up", "-d", thread_service)
     compose.wait_healthy("model-service", thread_service)
 
-    # Only the thread-service is published; the model-service is internal.
+    # Only the thread-service is published (and its metrics, on loopback);
+    # the model-service is internal.
     assert _run(["docker", "port", compose.container("model-service")]).strip() == ""
     published = _run(["docker", "port", compose.container(thread_service), "50051"])
     assert published.strip().endswith(f":{port}")
@@ -274,6 +316,8 @@ def exercise_stack(compose: Compose, thread_service: str, port: int) -> None:
         ).thread
         assert fork.prompt_cache_key == root.id
         assert _run_turn(stub, fork.id, "fork turn").status == pb.TURN_STATUS_COMPLETED
+
+    check_metrics(compose, thread_service, completed_turns=2)
 
     # The fork's model request carried its parent's key: the model-service says so.
     # (Under auth the key the model-service sees is scoped to the tenant.)

@@ -25,7 +25,7 @@ from tests.harness import ServiceProcess, service_pair, wait_until
 from tests.proxy import TcpProxy
 from tests.rpc import events_of, raises_status
 
-LEASE = 1.0  # seconds: short, so that a killed replica's turns end quickly here
+LEASE = 2.0  # seconds: short, so that a killed replica's turns end quickly here
 
 
 @dataclass

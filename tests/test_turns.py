@@ -12,7 +12,7 @@ import pytest
 
 from spindle import items
 from spindle.errors import FailedPrecondition, SpindleError
-from spindle.model import Completed, ModelEvent, ModelRequest, TextDelta
+from spindle.model import Completed, ItemDone, ModelEvent, ModelRequest, TextDelta
 from thread_service.events import TurnCompleted, TurnEvent, TurnStarted
 from thread_service.records import Entry, TurnRecord, TurnStatus
 from thread_service.stores.sqlite import SQLiteStore
@@ -111,4 +111,49 @@ async def test_interrupt_ends_a_running_turn_that_no_task_runs(tmp_path: Path) -
     with pytest.raises(FailedPrecondition, match="ended interrupted"):
         await turns.interrupt(thread_id, orphan.id)
     assert await store.running_turn(thread_id) is None
+    await store.close()
+
+
+class GatedModel:
+    """Answers once `go` is set."""
+
+    def __init__(self) -> None:
+        self.go = asyncio.Event()
+
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[list[ModelEvent], None]:
+        yield [TextDelta("thinking")]
+        await self.go.wait()
+        done = ItemDone(items.Message(items.Role.ASSISTANT, "late", items.Phase.FINAL_ANSWER))
+        yield [done, Completed()]
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_turn_ended_elsewhere_meanwhile_is_never_reported_completed(
+    tmp_path: Path,
+) -> None:
+    """Another replica ended the turn while this one was stalled (its lease ran
+    out). When the model then completes, nothing of it is kept, and the caller
+    hears the stored end, not a COMPLETED the store does not hold."""
+    store, threads, _, thread_id = await setup(tmp_path)
+    model = GatedModel()
+    turns = Turns(store, threads, model, owner="stalled")
+    stream = turns.run(thread_id, HELLO)
+    turn_id = await started(stream)
+    assert await store.end_orphaned_turns("its replica stopped", lease=0, alive="another") == 1
+    model.go.set()
+    rest = [event.payload async for batch in stream for event in batch]
+    last = rest[-1]
+    assert isinstance(last, TurnCompleted) and last.turn_id == turn_id
+    assert last.status is TurnStatus.INTERRUPTED
+    assert last.error is not None and last.error.message == "its replica stopped"
+    kept = [entry.item for entry in await store.read_history(thread_id)]
+    assert kept == HELLO  # the late answer was not kept
+    # And the thread takes its next turn, which sends the true history.
+    model.go.clear()
+    model.go.set()
+    again = [b async for b in turns.run(thread_id, HELLO)]
+    final = again[-1][-1].payload
+    assert isinstance(final, TurnCompleted) and final.status is TurnStatus.COMPLETED
     await store.close()

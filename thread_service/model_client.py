@@ -25,7 +25,7 @@ from pathlib import Path
 
 import grpc
 
-from spindle import convert, tls
+from spindle import convert, tls, tracing
 from spindle.errors import ErrorCode, ModelError, SpindleError
 from spindle.grpc_errors import error_details, model_error_from_rpc
 from spindle.model import WINDOW_NOT_HELD, ModelEvent, ModelRequest
@@ -142,6 +142,8 @@ class ModelServiceClient:
         metadata = [(HASH_HEADER, request.prompt_cache_key)]
         if self._token is not None:
             metadata.append(("authorization", f"Bearer {self._token.token()}"))
+        if tracing.tracer is not None:  # the turn's span, as the model call's parent
+            tracing.inject_metadata(metadata)
         with_base = request.base is not None
         while True:
             message = convert.request_to_pb(request, with_base=with_base)

@@ -21,7 +21,7 @@ from typing import TypeVar
 from spindle import items
 from spindle.errors import ErrorCode, ResourceExhausted, SpindleError, Unavailable
 from spindle.model import Completed, ItemDone, ModelRequest, ModelStreamer, Usage
-from thread_service import events
+from thread_service import events, telemetry
 from thread_service.events import TurnCompleted, TurnEvent, TurnLog, TurnStarted
 from thread_service.records import Entry, TurnError, TurnRecord, TurnStatus
 from thread_service.store import Store
@@ -80,6 +80,7 @@ class Turn:
         self.record = record
         self.request = request
         self.log = TurnLog()
+        self.watch = telemetry.TurnWatch(record, request)  # metrics, span, log context
         self.interruption: Interruption | None = None
         # Called once the end is saved, before followers see TurnCompleted.
         self._on_end = on_end
@@ -87,6 +88,8 @@ class Turn:
         self._flushed = 0
         self._flushing = True
         self._flusher: asyncio.Task[None] | None = None
+        # Set when another replica had ended the turn before this one saved its end.
+        self.superseded = False
         # Set while the end is being saved again after a failed write: an
         # interrupt must not stop that, or the thread would stay RUNNING.
         self._saving_end = False
@@ -101,7 +104,7 @@ class Turn:
 
     def start(self) -> asyncio.Task[None]:
         """Play the turn (its start is recorded already) in a task of its own."""
-        self._task = asyncio.create_task(self._run())
+        self._task = asyncio.create_task(self.watch.around(self._run(), self.log))
         return self._task
 
     @property
@@ -136,7 +139,10 @@ class Turn:
             if self._flusher is not None:
                 await _to_the_end(self._stop_flushing(self._flusher))
             failure = outcome.failure
-            if not await self._save_end(outcome):
+            saved = await self._save_end(outcome)
+            if self.superseded:
+                failure = None  # the stream ends with the stored end instead
+            if not saved:
                 failure = Unavailable(END_NOT_SAVED)
                 self.log.end(failure)  # the caller hears now; saving goes on
                 await self._save_end_until_done(outcome)
@@ -185,6 +191,8 @@ class Turn:
                         continue
                     if isinstance(event, ItemDone):
                         outputs.append(event.item)
+                    if self.watch.awaiting_first_token:
+                        self.watch.first_token(event)
                     shown.append(event)
                 if shown:
                     self.log.extend(shown)
@@ -236,7 +244,7 @@ class Turn:
         if ending is not None:
             pending = [*pending, TurnEvent(len(self.log.events) + 1, ending)]
         try:
-            await _to_the_end(
+            saved, _ = await _to_the_end(
                 self.store.finish_turn(
                     self.id,
                     outcome.status,
@@ -250,6 +258,19 @@ class Turn:
             log.warning("turn %s: its end could not be saved yet: %s", self.id, exc.message)
             return False
         self._flushed += len(pending)
+        if saved.status is not outcome.status or (saved.error is None) != (outcome.error is None):
+            # Another replica ended the turn first (this one's lease ran out while
+            # it was stalled): nothing of this end was kept, so the caller hears
+            # what the store holds, never a COMPLETED that was not saved.
+            log.warning(
+                "turn %s was ended elsewhere (%s) before its end was saved here",
+                self.id,
+                saved.status.value,
+            )
+            self._on_end(Outcome(saved.status, saved.usage, saved.error))
+            self.log.append(TurnCompleted(self.id, saved.status, saved.usage, (), saved.error))
+            self.superseded = True
+            return True
         self._on_end(outcome)
         if ending is not None:
             self.log.append(ending)

@@ -32,12 +32,14 @@ from typing import Any, Protocol
 
 import httpx
 
+from model_service import telemetry
 from model_service.providers import chat_wire, responses_wire
 from model_service.providers.base import Served
 from model_service.providers.endpoints import Endpoint, Endpoints
 from model_service.providers.redaction import Redactor
 from model_service.providers.sse import SseEvent, SseLines, SseParser
 from model_service.settings import ProviderSettings
+from spindle import tracing
 from spindle.errors import ErrorCode, ModelError
 from spindle.model import Completed, ModelEvent, ModelRequest
 
@@ -138,6 +140,7 @@ class HttpProvider:
             follow_redirects=False,
         )
         self._idle = settings.idle_timeout if settings.idle_timeout > 0 else None
+        self._upstream = telemetry.Upstream(settings.name)  # retries, errors, spans
         self._secrets = _configured_secrets(settings)
         self._redactor = Redactor(self._secrets)
         self._redactor_key = ""
@@ -180,6 +183,7 @@ class HttpProvider:
                         if position + 1 < len(order):
                             # Another replica may serve it now: no backoff.
                             position += 1
+                            self._upstream.retried()
                             log.warning(
                                 "provider %r: endpoint %s: %s; trying endpoint %s",
                                 self.settings.name,
@@ -192,6 +196,7 @@ class HttpProvider:
                     if delay is None:
                         raise failure.error from None
                     retries += 1
+                    self._upstream.retried()
                     log.warning(
                         "provider %r: endpoint %s: %s; retry %d of %d in %.2f s",
                         self.settings.name,
@@ -257,62 +262,79 @@ class HttpProvider:
         self, endpoint: Endpoint, body: dict[str, Any], headers: dict[str, str], redact: Redactor
     ) -> AsyncGenerator[list[ModelEvent], None]:
         """One HTTP exchange, a batch of events per read; transport failures
-        become `_Retryable` or `ModelError`."""
-        in_body = False
+        become `_Retryable` or `ModelError`. Every failure is counted, and the
+        attempt is a span when tracing is on."""
+        span = None
+        if tracing.tracer is not None:
+            url_full = endpoint.label + self._wire.path
+            span, headers = self._upstream.request_span(endpoint.url, url_full, headers)
         try:
-            async with self._client.stream(
-                "POST", endpoint.url, json=body, headers=headers
-            ) as response:
-                await self._check_status(response, redact)
-                in_body = self._bound_body_reads(response)
-                chunks = response.aiter_text()
-                lines, parser, decoder = SseLines(), SseParser(), self._wire.decoder()
-                async for chunk in chunks:
-                    # Every event this read completed goes on at once, in one batch.
-                    batch: list[ModelEvent] = []
-                    for line in lines.feed(chunk):
-                        sse = parser.feed(line)
-                        if sse is not None:
-                            batch.extend(decoder.feed(sse))
-                    done = next((i for i, e in enumerate(batch) if isinstance(e, Completed)), -1)
-                    if done >= 0:
-                        await self._drain(chunks)
-                        yield batch[: done + 1]
-                        return
-                    if batch:
-                        yield batch
-            raise _Retryable(
-                ModelError("stream ended before completion", code=ErrorCode.UNAVAILABLE)
-            )
-        except httpx.ReadTimeout:
-            if in_body:
-                raise self._idle_error() from None
-            raise ModelError(
-                f"no data for more than {self.settings.read_timeout:g} s (read_timeout)",
-                code=ErrorCode.DEADLINE_EXCEEDED,
-            ) from None
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            # The hop that failed is the provider's, named so: callers see this
-            # message behind the model-service and the thread-service.
-            message = f"cannot connect to the provider: {str(exc) or type(exc).__name__}"
-            raise _Retryable(
-                ModelError(message, code=ErrorCode.UNAVAILABLE), unreachable=True
-            ) from None
-        except httpx.PoolTimeout:
-            # Every pooled connection is busy: this process is saturated, not the endpoint.
-            message = (
-                f"no free connection to the provider within {self.settings.pool_timeout:g} s "
-                "(pool_timeout, max_connections)"
-            )
-            raise _Retryable(
-                ModelError(message, code=ErrorCode.UNAVAILABLE), endpoint_failed=False
-            ) from None
-        except httpx.TransportError as exc:
-            message = f"connection to the provider failed: {str(exc) or type(exc).__name__}"
-            raise _Retryable(ModelError(message, code=ErrorCode.UNAVAILABLE)) from None
-        except httpx.HTTPError as exc:  # a body httpx cannot decode, for one
-            message = f"bad response: {str(exc) or type(exc).__name__}"
-            raise ModelError(message, code=ErrorCode.UNAVAILABLE) from None
+            in_body = False
+            try:
+                async with self._client.stream(
+                    "POST", endpoint.url, json=body, headers=headers
+                ) as response:
+                    if span is not None:
+                        telemetry.status_of(span, response)
+                    await self._check_status(response, redact)
+                    in_body = self._bound_body_reads(response)
+                    chunks = response.aiter_text()
+                    lines, parser, decoder = SseLines(), SseParser(), self._wire.decoder()
+                    async for chunk in chunks:
+                        # Every event this read completed goes on at once, in one batch.
+                        batch: list[ModelEvent] = []
+                        for line in lines.feed(chunk):
+                            sse = parser.feed(line)
+                            if sse is not None:
+                                batch.extend(decoder.feed(sse))
+                        end = next((n for n, e in enumerate(batch) if isinstance(e, Completed)), -1)
+                        if end >= 0:
+                            await self._drain(chunks)
+                            yield batch[: end + 1]
+                            return
+                        if batch:
+                            yield batch
+                raise _Retryable(
+                    ModelError("stream ended before completion", code=ErrorCode.UNAVAILABLE)
+                )
+            except httpx.ReadTimeout:
+                if in_body:
+                    raise self._idle_error() from None
+                raise ModelError(
+                    f"no data for more than {self.settings.read_timeout:g} s (read_timeout)",
+                    code=ErrorCode.DEADLINE_EXCEEDED,
+                ) from None
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                # The hop that failed is the provider's, named so: callers see this
+                # message behind the model-service and the thread-service.
+                message = f"cannot connect to the provider: {str(exc) or type(exc).__name__}"
+                raise _Retryable(
+                    ModelError(message, code=ErrorCode.UNAVAILABLE), unreachable=True
+                ) from None
+            except httpx.PoolTimeout:
+                # Every pooled connection is busy: this process is saturated, not the endpoint.
+                message = (
+                    f"no free connection to the provider within {self.settings.pool_timeout:g} s "
+                    "(pool_timeout, max_connections)"
+                )
+                raise _Retryable(
+                    ModelError(message, code=ErrorCode.UNAVAILABLE), endpoint_failed=False
+                ) from None
+            except httpx.TransportError as exc:
+                message = f"connection to the provider failed: {str(exc) or type(exc).__name__}"
+                raise _Retryable(ModelError(message, code=ErrorCode.UNAVAILABLE)) from None
+            except httpx.HTTPError as exc:  # a body httpx cannot decode, for one
+                message = f"bad response: {str(exc) or type(exc).__name__}"
+                raise ModelError(message, code=ErrorCode.UNAVAILABLE) from None
+        except _Retryable as failure:
+            self._upstream.failed(failure.error, span, unreachable=failure.unreachable)
+            raise
+        except ModelError as exc:
+            self._upstream.failed(exc, span)
+            raise
+        finally:
+            if span is not None:
+                span.end()
 
     def _bound_body_reads(self, response: httpx.Response) -> bool:
         """Bound each read of the body by idle_timeout; True when that bound is tighter

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from spindle.model import Usage
+from thread_service import telemetry
 from thread_service.records import (
     Entry,
     RequestKey,
@@ -31,6 +32,8 @@ class SqlStore:
         # False after a transaction failed for want of the database (a full
         # disk, a lost connection) until one succeeds; health follows it.
         self.healthy = True
+        # Every transaction runs through here, timed by operation for the metrics.
+        self._run = telemetry.timed(self._run)  # type: ignore[method-assign]
 
     async def _run(self, script: Script[T]) -> T:
         raise NotImplementedError
