@@ -260,6 +260,33 @@ async def test_one_running_turn_per_thread_and_nothing_appended_for_the_refused(
     assert [t.id for t in await store.list_turns(root.id, 0, 10)] == [turn_record(root.id, 1).id]
 
 
+async def test_writes_at_once_each_stand_or_fall_alone(store: SqlStore) -> None:
+    """Many writes at once (SQLite commits them in groups): each refused one
+    leaves nothing behind, and the others are all kept."""
+    roots = [thread(id=f"40000000-0000-4000-8000-{n:012d}") for n in range(30)]
+    await asyncio.gather(*(store.create_thread(root) for root in roots))
+    # Every third thread is asked for two turns at once: one runs, one is refused.
+    asks = [(n, n, f"on {n}") for n in range(30)] + [(n, 100 + n, "again") for n in range(0, 30, 3)]
+    results = await asyncio.gather(
+        *(
+            store.begin_turn(turn_record(roots[n].id, number), [Entry.of(said(text))])
+            for n, number, text in asks
+        ),
+        return_exceptions=True,
+    )
+    began: dict[int, list[str]] = {}
+    for (n, _, text), result in zip(asks, results, strict=True):
+        if isinstance(result, tuple):
+            began.setdefault(n, []).append(text)
+        else:
+            assert isinstance(result, FailedPrecondition), result
+    assert sorted(began) == list(range(30))
+    for n, root in enumerate(roots):
+        (text,) = began[n]
+        assert await history(store, root.id) == [said(text)]
+    assert await count_items(store) == 30
+
+
 async def test_failed_and_interrupted_turns_keep_their_error(store: SqlStore) -> None:
     root = thread()
     await store.create_thread(root)

@@ -18,10 +18,12 @@ database refuses the start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +36,23 @@ from thread_service.stores.operations import Conflict, Script, Statement, T, adv
 from thread_service.stores.sql_store import SqlStore
 
 log = logging.getLogger(__name__)
+
+# Most scripts one transaction takes when many are waiting.
+GROUP_COMMIT_MAX = 64
+
+_Queued = tuple[Script[Any], "asyncio.Future[Any]"]
+_Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """On the event loop: hand each caller its script's result or error."""
+    for future, result, error in outcomes:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 class SQLiteStore(SqlStore):
@@ -48,6 +67,10 @@ class SQLiteStore(SqlStore):
         self.path = path
         self._synchronous = synchronous.upper()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        # Scripts waiting for the store's thread, which takes them in batches.
+        self._queue: list[_Queued] = []
+        self._queue_lock = threading.Lock()
+        self._draining = False
         self._conn: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
@@ -108,10 +131,36 @@ class SQLiteStore(SqlStore):
         self._reader = reader
 
     async def _run(self, script: Script[T]) -> T:
-        """Run a script in one transaction on the store's thread. Once submitted
-        it runs to the end: cancelling the caller must not drop a queued write."""
+        """Run a script in a transaction on the store's thread. Once submitted
+        it runs to the end: cancelling the caller must not drop a queued write.
+        Scripts queued meanwhile share one transaction (group commit), each in
+        a savepoint of its own: one sync to disk and one wake-up of the event
+        loop for all of them, and one script's error undoes only that script."""
+        if self._closed:
+            raise RuntimeError("store is closed")
         loop = asyncio.get_running_loop()
-        return await asyncio.shield(loop.run_in_executor(self._executor, self._transaction, script))
+        future: asyncio.Future[Any] = loop.create_future()
+        with self._queue_lock:
+            self._queue.append((script, future))
+            start = not self._draining
+            self._draining = True
+        if start:
+            self._executor.submit(self._drain, loop)
+        result: T = await asyncio.shield(future)
+        return result
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the store's thread: run what is queued, a batch at a time."""
+        while True:
+            with self._queue_lock:
+                batch = self._queue[:GROUP_COMMIT_MAX]
+                del self._queue[:GROUP_COMMIT_MAX]
+                if not batch:
+                    self._draining = False
+                    return
+            outcomes = self._transaction(batch)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_settle, outcomes)
 
     async def _read(self, script: Script[T]) -> T:
         if self._reader is None:
@@ -122,25 +171,39 @@ class SQLiteStore(SqlStore):
         except sqlite3.OperationalError as exc:
             raise _fault(exc, self.path) from None
 
-    def _transaction(self, script: Script[T]) -> T:
-        if self._conn is None:
-            raise RuntimeError("store is closed")
-        self._check_file()
-        conn = self._conn
+    def _transaction(self, batch: list[_Queued]) -> list[_Outcome]:
+        """Run a batch of scripts in one transaction: (future, result, error) each."""
+        outcomes: list[_Outcome] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            if self._conn is None:
+                raise RuntimeError("store is closed")
+            self._check_file()
+            conn = self._conn
             try:
-                result = _drive(conn, script)
+                conn.execute("BEGIN IMMEDIATE")
+                for script, future in batch:
+                    conn.execute("SAVEPOINT script")
+                    try:
+                        outcomes.append((future, _drive(conn, script), None))
+                    except sqlite3.OperationalError:
+                        raise
+                    except Exception as exc:  # the script's own refusal: undo it alone
+                        conn.execute("ROLLBACK TO script")
+                        outcomes.append((future, None, exc))
+                    conn.execute("RELEASE script")
+                conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             self.healthy = False
-            raise _fault(exc, self.path) from None
+            fault = _fault(exc, self.path)
+            return [(future, None, fault) for _, future in batch]
+        except Exception as exc:  # the file is lost, or the store closed
+            return [(future, None, exc) for _, future in batch]
         self.healthy = True
-        return result
+        return outcomes
 
     def _check_file(self) -> None:
         """Refuse to go on when the database file is not the one opened."""
