@@ -116,6 +116,7 @@ class RunningServer:
     async def stop(self, grace: float) -> None:
         if self._watch is not None:
             self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         await self.health.enter_graceful_shutdown()
         self.service.drain()
         if self.service.wind_up is None:
