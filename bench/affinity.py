@@ -42,6 +42,8 @@ from bench.toolkit import (
     load_line,
     load_text,
     machine_line,
+    markdown_report,
+    print_report,
     write_json,
 )
 from model_service.prompt_cache import BLOCK_TOKENS, MIN_CACHED_TOKENS
@@ -58,6 +60,7 @@ FORK_TEXT = "Now check the second part of this on your own and report back brief
 SEED = 14
 
 # One line per model request, written by model_service/servicer.py as it ends.
+NAME = "Spindle cache-affinity benchmark"
 _GENERATE = re.compile(
     r"generate thread_id=(?P<thread>\S+) window_id=\S+ prompt_cache_key=(?P<key>\S+) "
     r".* status=(?P<status>\S+) input_tokens=(?P<input>\d+) cached_tokens=(?P<cached>\d+) "
@@ -517,22 +520,10 @@ class Report:
         ]
 
     def print(self) -> None:
-        print("\n" + "\n".join(self.header))
-        for title, table in self.sections():
-            print(f"\n{title}\n{table.text()}")
-        print("\nTargets and ratio")
-        for line in self.lines():
-            print(f"  {line}")
-        print("\n--- markdown ---\n")
-        print(self.markdown())
+        print_report(NAME, self.header, self.sections(), self.lines())
 
     def markdown(self) -> str:
-        lines = [f"**Spindle cache-affinity benchmark** ({self.header[0]})"]
-        for title, table in self.sections():
-            lines += ["", f"{title}:", "", table.markdown()]
-        lines += ["", *(f"- {line}" for line in self.lines())]
-        lines += [f"- {line}" for line in self.header[1:]]
-        return "\n".join(lines)
+        return markdown_report(NAME, self.header, self.sections(), self.lines())
 
     def write_json(self, path: Path) -> None:
         write_json(

@@ -11,13 +11,24 @@ from typing import Any
 
 import psycopg
 
-from bench.toolkit import Series, Table, load_line, machine_line, ms, p50_ratio, write_json
+from bench.toolkit import (
+    Series,
+    Table,
+    load_line,
+    machine_line,
+    markdown_report,
+    ms,
+    p50_ratio,
+    print_report,
+    write_json,
+)
 
 FIGURE_COLUMNS = ["figure", "n", "p50 ms", "p99 ms", "per s", "CPU ms per call", "note"]
 FIGURE_RIGHT = [False, True, True, True, True, False, False]
 SMALL_ITEMS = 10  # the small fork parent
 # CPU per short turn, by process (issue 12).
 CPU_TARGETS_MS = {"thread-service": 1.0, "model-service": 0.5}
+NAME = "Spindle thread benchmark"
 
 
 @dataclass
@@ -274,22 +285,11 @@ class Report:
         return found
 
     def print(self) -> None:
-        print("\n" + "\n".join(self.header))
-        for title, table in self.sections():
-            print(f"\n{title}\n{table.text()}")
-        print("\nRatios and targets")
-        for check in self.checks():
-            print(f"  {check.text()}")
-        print("\n--- markdown ---\n")
-        print(self.markdown())
+        print_report(NAME, self.header, self.sections(), [c.text() for c in self.checks()])
 
     def markdown(self) -> str:
-        lines = [f"**Spindle thread benchmark** ({self.header[0]})"]
-        for title, table in self.sections():
-            lines += ["", f"{title}:", "", table.markdown()]
-        lines += ["", *(f"- {check.text()}" for check in self.checks())]
-        lines += [f"- {line}" for line in self.header[1:]]
-        return "\n".join(lines)
+        lines = [check.text() for check in self.checks()]
+        return markdown_report(NAME, self.header, self.sections(), lines)
 
     def write_json(self, path: Path) -> None:
         write_json(

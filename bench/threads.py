@@ -23,14 +23,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
-import psycopg
 
 from bench import floor
 from bench.history import Where, build_threads
@@ -52,7 +51,7 @@ from bench.toolkit import (
 from spindle.v1 import common_pb2, model_service_pb2, model_service_pb2_grpc
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
-from tests.postgres import with_database
+from tests.postgres import fresh_database
 from thread_service.settings import ThreadServiceSettings
 
 USER_TEXT = "hello, how are you today?"
@@ -238,19 +237,6 @@ class Bench:
         for process in self.thread_services:
             process.stop()
         self.thread_services = []
-
-
-@contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
-    """A new, empty database on the server for this run, dropped afterwards."""
-    name = f"bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield with_database(server_url, name)
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # -- one store: forks, resumes, reads and turns ------------------------------
@@ -568,7 +554,7 @@ def run(counts: Counts, synchronous: str, server_url: str, command: str) -> Repo
         bench.stop_thread_services()
         postgres = None
         if server_url:
-            with fresh_database(server_url) as url:
+            with fresh_database(server_url, "bench_") as url:
                 where = Where(bench.tmp / "pg-data", bench.tmp / "pg-home", url)
                 begin = time.perf_counter()
                 small, large = asyncio.run(build_threads(where, bench.cwd, sizes[:2]))

@@ -421,6 +421,32 @@ class Table:
         return "\n".join(out)
 
 
+def print_report(
+    name: str, header: Sequence[str], sections: Sequence[tuple[str, Table]], lines: Sequence[str]
+) -> None:
+    """A benchmark's report: for the terminal, then as markdown for a note.
+    `header[0]` is the machine line; `lines` are the ratios and targets."""
+    print("\n" + "\n".join(header))
+    for title, table in sections:
+        print(f"\n{title}\n{table.text()}")
+    print("\nRatios and targets")
+    for line in lines:
+        print(f"  {line}")
+    print("\n--- markdown ---\n")
+    print(markdown_report(name, header, sections, lines))
+
+
+def markdown_report(
+    name: str, header: Sequence[str], sections: Sequence[tuple[str, Table]], lines: Sequence[str]
+) -> str:
+    text = [f"**{name}** ({header[0]})"]
+    for title, table in sections:
+        text += ["", f"{title}:", "", table.markdown()]
+    text += ["", *(f"- {line}" for line in lines)]
+    text += [f"- {line}" for line in header[1:]]
+    return "\n".join(text)
+
+
 def arguments(doc: str | None) -> argparse.ArgumentParser:
     """The options every benchmark takes: `--quick` and `--json PATH`."""
     parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])

@@ -10,6 +10,7 @@ import os
 import urllib.parse
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -35,11 +36,10 @@ def with_database(url: str, name: str) -> str:
     return urllib.parse.urlsplit(url)._replace(path=f"/{name}").geturl()
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """The URL of a fresh, empty database, dropped after the test."""
-    server = server_url()
-    name = f"spindle_test_{uuid.uuid4().hex[:16]}"
+@contextmanager
+def fresh_database(server: str, prefix: str = "spindle_test_") -> Iterator[str]:
+    """The URL of a new, empty database on the server, dropped afterwards."""
+    name = f"{prefix}{uuid.uuid4().hex[:16]}"
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
@@ -47,6 +47,13 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """The URL of a fresh, empty database, dropped after the test."""
+    with fresh_database(server_url()) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -27,7 +27,7 @@ def test_the_quick_run_completes_and_reports_both_policies(tmp_path: Path) -> No
     )
     assert done.returncode == 0, done.stderr[-4000:]
     for policy in POLICIES:
-        # Its row in each table, and its line under "Targets and ratio".
+        # Its row in each table, and its line under "Ratios and targets".
         assert len(re.findall(rf"^  {policy}  ", done.stdout, re.MULTILINE)) == 2, done.stdout
         line = rf"^  {policy}: inherited prompt tokens cached: [\d.]+%"
         assert re.search(line, done.stdout, re.MULTILINE), done.stdout
