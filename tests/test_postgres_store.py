@@ -216,7 +216,9 @@ async def test_a_transaction_the_server_ended_for_idling_runs_again_once(
     replica stops for longer than the server allows) is ended by the server:
     none of it stays, and the script runs again on another connection; if that
     idles too, the call fails UNAVAILABLE and still nothing stays."""
-    store = await open_store(postgres_url, idle_timeout=0.2)
+    # The retry does not count the stall against the time a call may wait
+    # for connections (pool_timeout): the stall is longer than that here.
+    store = await open_store(postgres_url, idle_timeout=0.2, pool_timeout=0.5)
     stalls = {"left": 1}
 
     def count_a_beat() -> Script[float]:

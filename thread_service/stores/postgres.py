@@ -34,6 +34,7 @@ import contextlib
 import select
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -70,6 +71,13 @@ class _Again(Exception):
 class _Lost(Exception):
     """The session ended before the transaction could commit: nothing it did
     stays, and the script may run again on another connection."""
+
+
+@dataclass
+class _Wait:
+    """Seconds a call may still wait for connections."""
+
+    left: float
 
 
 class PostgresStore(SqlStore):
@@ -153,20 +161,19 @@ class PostgresStore(SqlStore):
     async def _call(self, make: Callable[[], Script[T]], *, writes: bool, again: bool) -> T:
         """Run the script `make` makes; again (when it can be made again) after
         a conflict met by a statement sent ahead, or once after its session
-        ended before it could commit, as long as the pool's timeout allows."""
-        deadline = time.monotonic() + self._timeout
+        ended before it could commit. Waiting for connections, all runs
+        together wait at most the pool's timeout."""
+        wait = _Wait(self._timeout)
         ahead = writes and again  # send statements whose result is not used ahead
         retried = False
         while True:
             try:
-                result = await self._attempt(
-                    make(), writes=writes, ahead=ahead, wait=deadline - time.monotonic()
-                )
+                result = await self._attempt(make(), writes=writes, ahead=ahead, wait=wait)
             except _Again:
                 ahead = False
                 continue
             except _Lost as lost:
-                if again and not retried and time.monotonic() < deadline:
+                if again and not retried and wait.left > 0:
                     retried = True
                     continue
                 self.healthy = False
@@ -184,13 +191,15 @@ class PostgresStore(SqlStore):
             self.healthy = True
             return result
 
-    async def _attempt(self, script: Script[T], *, writes: bool, ahead: bool, wait: float) -> T:
-        """One run of a script on one connection (waiting at most `wait`
-        seconds for it): its statements one by one without a transaction when
-        it only reads, else in one transaction in pipeline mode."""
-        if wait <= 0:
+    async def _attempt(self, script: Script[T], *, writes: bool, ahead: bool, wait: _Wait) -> T:
+        """One run of a script on one connection (waiting for it at most what
+        is left of `wait`): its statements one by one without a transaction
+        when it only reads, else in one transaction in pipeline mode."""
+        if wait.left <= 0:
             raise PoolTimeout("no time left to wait for a connection")
-        async with self._pool.connection(timeout=wait) as conn:
+        asked = time.monotonic()
+        async with self._pool.connection(timeout=wait.left) as conn:
+            wait.left -= time.monotonic() - asked
             committing = False
             try:
                 if not writes:
