@@ -13,18 +13,21 @@ statements allow:
 - A script that only reads runs without BEGIN and COMMIT (at READ COMMITTED
   each statement sees what was committed when it began, in a transaction or
   not).
-- A script that writes runs in pipeline mode: BEGIN goes out with its first
-  statement, a statement whose result the script does not use goes out with
-  the next one that it does use, and the last ones go out with COMMIT. A
-  uniqueness conflict met by such a statement runs the script again, one
-  round trip per statement, so that the conflict reaches the script at the
-  statement that met it, as `operations.Conflict` promises.
+- A script that writes runs in pipeline mode, and waits only for the
+  results it uses: BEGIN's answer comes back with its first statement's, the
+  answer to a statement whose result the script does not use with the next
+  one's, the last ones with COMMIT's. A uniqueness conflict met by such a
+  statement runs the script again, one round trip per statement, so that the
+  conflict reaches the script at the statement that met it, as
+  `operations.Conflict` promises.
 - A connection taken from the pool is checked without a round trip: one that
   the server closed, or that has anything to read while idle, is dropped.
-- The server ends a transaction left idle for `idle_timeout` seconds (a
-  replica that stopped in the middle of one must not hold its row locks for
-  good); the script then runs again on another connection, once, and the call
-  fails UNAVAILABLE if it cannot.
+- The server ends a transaction that waits `idle_timeout` seconds for its
+  next statement after answering one (a replica that stopped in the middle
+  of one must not hold its row locks for good; statements sent ahead without
+  waiting do not start that clock, PostgreSQL 17's `transaction_timeout`
+  would); the script then runs again on another connection, once, and the
+  call fails UNAVAILABLE if it cannot.
 """
 
 from __future__ import annotations
