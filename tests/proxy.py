@@ -11,7 +11,9 @@ from types import TracebackType
 
 class TcpProxy:
     """Forwards 127.0.0.1:`port` to `target`. `cut()` drops every connection
-    and refuses new ones; `restore()` accepts again."""
+    and refuses new ones; `restore()` accepts again. `round_trips` counts the
+    times a client spoke after the server did: for one client at a time that
+    waits for each answer, the round trips it made."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -22,6 +24,8 @@ class TcpProxy:
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self.round_trips = 0
+        self._server_spoke = True
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -40,12 +44,18 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._sockets.update((client, upstream))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+            for source, sink, from_client in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(
+                    target=self._pipe, args=(source, sink, from_client), daemon=True
+                ).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, from_client: bool) -> None:
         try:
             while data := source.recv(65536):
+                with self._lock:
+                    if from_client and self._server_spoke:
+                        self.round_trips += 1
+                    self._server_spoke = not from_client
                 sink.sendall(data)
         except OSError:
             pass

@@ -1,10 +1,13 @@
 """`Store` on a SQL database: each method runs one script of `operations` in
-one transaction. A backend supplies `_run` (and opening and closing)."""
+one transaction. A backend supplies `_run` (and opening and closing), and may
+run scripts that only read, or that it can make again, its own way (`_read`,
+`_write`)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import ParamSpec
 
 from spindle.model import Usage
 from thread_service import telemetry
@@ -21,6 +24,8 @@ from thread_service.store import ForkSource, ThreadFilter
 from thread_service.stores import operations as ops
 from thread_service.stores.operations import Script, T
 
+P = ParamSpec("P")
+
 
 class SqlStore:
     """The domain operations; subclasses run the scripts."""
@@ -36,12 +41,27 @@ class SqlStore:
         self._run = telemetry.timed(self._run)  # type: ignore[method-assign]
 
     async def _run(self, script: Script[T]) -> T:
+        """Run a script in one transaction."""
         raise NotImplementedError
 
-    async def _read(self, script: Script[T]) -> T:
-        """Run a read of a few rows by key; a backend may do that more cheaply
-        than a transaction."""
-        return await self._run(script)
+    async def _read(self, make: Callable[P, Script[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a script that only reads. Its statements need no transaction of
+        their own: at READ COMMITTED each sees what was committed when it began,
+        in a transaction or not. `make(*args, **kwargs)` makes the script, again
+        if the backend must run it again."""
+        return await self._run(make(*args, **kwargs))
+
+    async def _lookup(self, make: Callable[P, Script[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a read of a row or two by key: what every call does first, so a
+        backend may run it more cheaply still (see `sqlite.py`)."""
+        return await self._read(make, *args, **kwargs)
+
+    async def _write(self, make: Callable[P, Script[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a script in one transaction, making it again (`make(*args,
+        **kwargs)`) if the backend must start the transaction over: what a
+        script does depends only on its arguments and what its statements
+        return, so a transaction that did not commit can run again."""
+        return await self._run(make(*args, **kwargs))
 
     async def close(self) -> None:
         raise NotImplementedError
@@ -49,7 +69,7 @@ class SqlStore:
     async def create_thread(
         self, thread: ThreadRecord, request: RequestKey | None = None
     ) -> ThreadRecord:
-        return await self._run(ops.create_thread(thread, request, self.clock()))
+        return await self._write(ops.create_thread, thread, request, self.clock())
 
     async def create_fork(
         self,
@@ -58,23 +78,23 @@ class SqlStore:
         request: RequestKey | None = None,
         spawn_fingerprint: str = "",
     ) -> ThreadRecord:
-        return await self._run(
-            ops.create_fork(child, source, request, spawn_fingerprint, self.clock())
+        return await self._write(
+            ops.create_fork, child, source, request, spawn_fingerprint, self.clock()
         )
 
     async def get_thread(self, thread_id: str) -> ThreadRecord | None:
-        return await self._read(ops.get_thread(thread_id))
+        return await self._lookup(ops.get_thread, thread_id)
 
     async def update_thread(self, thread: ThreadRecord) -> None:
-        await self._run(ops.update_thread(thread))
+        await self._write(ops.update_thread, thread)
 
     async def delete_thread(self, thread_id: str) -> None:
-        await self._run(ops.delete_thread(thread_id))
+        await self._write(ops.delete_thread, thread_id)
 
     async def list_threads(
         self, which: ThreadFilter, after: tuple[float, str] | None, limit: int
     ) -> list[ThreadRecord]:
-        return await self._run(ops.list_threads(which, after, limit))
+        return await self._read(ops.list_threads, which, after, limit)
 
     async def read_history(
         self,
@@ -84,10 +104,10 @@ class SqlStore:
         *,
         version: int | None = None,
     ) -> list[StoredItem]:
-        return await self._run(ops.read_history(thread_id, offset, limit, version))
+        return await self._read(ops.read_history, thread_id, offset, limit, version)
 
     async def history_length(self, thread_id: str) -> int:
-        return await self._run(ops.history_length(thread_id))
+        return await self._read(ops.history_length, thread_id)
 
     async def begin_turn(
         self,
@@ -97,7 +117,7 @@ class SqlStore:
         request: RequestKey | None = None,
         version: int | None = None,
     ) -> tuple[TurnRecord, bool]:
-        return await self._run(ops.begin_turn(turn, input_items, self.clock(), request, version))
+        return await self._write(ops.begin_turn, turn, input_items, self.clock(), request, version)
 
     async def finish_turn(
         self,
@@ -108,43 +128,46 @@ class SqlStore:
         output_items: Sequence[Entry],
         events: Sequence[tuple[int, str]] = (),
     ) -> TurnRecord:
-        return await self._run(
-            ops.finish_turn(turn_id, status, usage, error, output_items, events, self.clock())
+        return await self._write(
+            ops.finish_turn, turn_id, status, usage, error, output_items, events, self.clock()
         )
 
     async def append_events(self, turn_id: str, events: Sequence[tuple[int, str]]) -> None:
-        await self._run(ops.append_events(turn_id, events))
+        await self._write(ops.append_events, turn_id, events)
 
     async def read_events(self, turn_id: str, after: int = 0) -> list[tuple[int, str]]:
-        return await self._run(ops.read_events(turn_id, after))
+        return await self._read(ops.read_events, turn_id, after)
 
     async def get_turn(self, turn_id: str) -> TurnRecord | None:
-        return await self._read(ops.get_turn(turn_id))
+        return await self._lookup(ops.get_turn, turn_id)
 
     async def running_turn(self, thread_id: str) -> TurnRecord | None:
-        return await self._read(ops.running_turn(thread_id))
+        return await self._lookup(ops.running_turn, thread_id)
 
     async def list_turns(self, thread_id: str, offset: int, limit: int) -> list[TurnRecord]:
-        return await self._run(ops.list_turns(thread_id, offset, limit))
+        return await self._read(ops.list_turns, thread_id, offset, limit)
 
     async def request_interrupt(self, turn_id: str, reason: str) -> bool:
-        return await self._run(ops.request_interrupt(turn_id, reason))
+        return await self._write(ops.request_interrupt, turn_id, reason)
 
     async def find_request(self, request: RequestKey) -> tuple[str, str] | None:
-        return await self._read(ops.find_request(request))
+        return await self._lookup(ops.find_request, request)
 
     async def interrupts_requested(self, owner: str) -> list[tuple[str, str]]:
-        return await self._run(ops.interrupts_requested(owner))
+        return await self._read(ops.interrupts_requested, owner)
 
     async def heartbeat(self, owner: str) -> None:
-        await self._run(ops.heartbeat(owner, self.clock()))
+        await self._write(ops.heartbeat, owner, self.clock())
 
     async def end_orphaned_turns(self, reason: str, *, lease: float, alive: str) -> int:
-        return await self._run(
-            ops.end_orphaned_turns(
-                reason, self.clock(), lease=lease, alive=alive, exclusive=self.exclusive
-            )
+        return await self._write(
+            ops.end_orphaned_turns,
+            reason,
+            self.clock(),
+            lease=lease,
+            alive=alive,
+            exclusive=self.exclusive,
         )
 
     async def forget_requests(self, older_than: float) -> int:
-        return await self._run(ops.forget_requests(self.clock() - older_than))
+        return await self._write(ops.forget_requests, self.clock() - older_than)

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 from spindle.errors import ResourceExhausted, SpindleError, StartupError, Unavailable
 from thread_service.stores import schema
@@ -36,6 +36,7 @@ from thread_service.stores.operations import Conflict, Script, Statement, T, adv
 from thread_service.stores.sql_store import SqlStore
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
 
 # Most scripts one transaction takes when many are waiting.
 GROUP_COMMIT_MAX = 64
@@ -162,12 +163,12 @@ class SQLiteStore(SqlStore):
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(_settle, outcomes)
 
-    async def _read(self, script: Script[T]) -> T:
+    async def _lookup(self, make: Callable[P, Script[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         if self._reader is None:
             raise RuntimeError("store is closed")
         self._check_file()
         try:
-            return _drive(self._reader, script)
+            return _drive(self._reader, make(*args, **kwargs))
         except sqlite3.OperationalError as exc:
             raise _fault(exc, self.path) from None
 
