@@ -23,6 +23,7 @@ import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -169,40 +170,44 @@ class _Gate:
         if span is not None:
             tracing.end_server_span(span, code)
 
+    @asynccontextmanager
+    async def _call(
+        self, request: Any, context: grpc.aio.ServicerContext, *, abort_on_error: bool = False
+    ) -> AsyncIterator[None]:
+        """Admit a call, then record how it ended (metrics, its trace span).
+        With `abort_on_error`, a domain error inside it (a streamed request
+        that does not decode) ends the call with its status."""
+        arrived = self._arrived(context)
+        failure: BaseException | None = None
+        admitted = False
+        try:
+            try:
+                self.edge.admit(request, context, self)
+                admitted = True
+                yield
+            except SpindleError as exc:
+                if admitted and not abort_on_error:
+                    raise
+                failure = exc
+                await abort(context, exc)
+        except BaseException as exc:
+            failure = failure or exc
+            raise
+        finally:
+            self._ended(context, arrived, failure)
+
     def unary_unary(self, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            arrived = self._arrived(context)
-            failure: BaseException | None = None
-            try:
-                try:
-                    self.edge.admit(request, context, self)
-                except SpindleError as exc:
-                    await abort(context, exc)
+            async with self._call(request, context):
                 return await behaviour(request, context)
-            except BaseException as exc:
-                failure = exc
-                raise
-            finally:
-                self._ended(context, arrived, failure)
 
         return guarded
 
     def unary_stream(self, behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            arrived = self._arrived(context)
-            failure: BaseException | None = None
-            try:
-                try:
-                    self.edge.admit(request, context, self)
-                except SpindleError as exc:
-                    await abort(context, exc)
+            async with self._call(request, context):
                 async for response in behaviour(request, context):
                     yield response
-            except BaseException as exc:
-                failure = exc
-                raise
-            finally:
-                self._ended(context, arrived, failure)
 
         return guarded
 
@@ -216,19 +221,8 @@ class _Gate:
 
     def stream_unary(self, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         async def guarded(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-            arrived = self._arrived(context)
-            failure: BaseException | None = None
-            try:
-                self.edge.admit(None, context, self)
+            async with self._call(None, context, abort_on_error=True):
                 return await behaviour(self._checked(requests), context)
-            except SpindleError as exc:
-                failure = exc
-                await abort(context, exc)
-            except BaseException as exc:
-                failure = exc
-                raise
-            finally:
-                self._ended(context, arrived, failure)
 
         return guarded
 
@@ -236,20 +230,9 @@ class _Gate:
         async def guarded(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
-            arrived = self._arrived(context)
-            failure: BaseException | None = None
-            try:
-                self.edge.admit(None, context, self)
+            async with self._call(None, context, abort_on_error=True):
                 async for response in behaviour(self._checked(requests), context):
                     yield response
-            except SpindleError as exc:
-                failure = exc
-                await abort(context, exc)
-            except BaseException as exc:
-                failure = exc
-                raise
-            finally:
-                self._ended(context, arrived, failure)
 
         return guarded
 
