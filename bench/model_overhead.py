@@ -64,16 +64,8 @@ from bench.toolkit import (
 from model_service.providers import responses_wire
 from model_service.providers.sse import SseLines, SseParser
 from spindle import convert
-from spindle.items import Message, Phase, Role
-from spindle.model import (
-    Completed,
-    ItemDone,
-    ModelEvent,
-    ModelRequest,
-    TextDelta,
-    Usage,
-    joined,
-)
+from spindle.items import Message, Role
+from spindle.model import ModelRequest, Usage
 from spindle.serving import CHANNEL_OPTIONS
 from spindle.v1 import model_service_pb2_grpc
 
@@ -203,17 +195,15 @@ def serve_upstream(event_delay: float) -> None:
         signal.sigwait({signal.SIGTERM, signal.SIGINT})
 
 
-def floor_messages(endpoint: str) -> list[bytes]:
-    """The message the model-service streams for the upstream's reply when it
-    arrives in one read (its events in one batch, the text joined), which the
-    floor streams byte for byte (`Completed` names the serving endpoint, as the
-    model-service's does)."""
-    answer = Message(Role.ASSISTANT, "".join(PARTS), Phase.FINAL_ANSWER)
-    events: list[ModelEvent] = [TextDelta(part) for part in PARTS]
-    events += [ItemDone(answer), Completed(USAGE, RESPONSE_ID)]
-    message = convert.events_to_pb(joined(events))
-    message.events[-1].completed.endpoint = endpoint
-    return [message.SerializeToString()]
+def recorded_messages(address: str) -> list[bytes]:
+    """The messages the model-service streams for the request, from one real
+    call, which the floor then streams byte for byte: how the events come in
+    batches depends on how the provider reads the upstream's stream, so they
+    are recorded rather than rebuilt here."""
+    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        replies = stub.Generate(convert.request_to_pb(model_request()), timeout=30)
+        return [message.SerializeToString() for message in replies]
 
 
 # -- processes ---------------------------------------------------------------
@@ -239,8 +229,9 @@ def write_config(home: Path, base_url: str) -> None:
 
 @contextmanager
 def running_stack(tmp: Path, setup: Setup) -> Iterator[Stack]:
-    """The upstream, the floor, then the model-service pointed at the upstream,
-    each its own process, so that no two of them share a GIL."""
+    """The upstream, the model-service pointed at it, then the floor streaming
+    what the model-service streamed for one call, each its own process, so that
+    no two of them share a GIL."""
     with ExitStack() as stack:
 
         def start(label: str, module: str, args: list[str], cwd: Path = ROOT) -> Process:
@@ -251,9 +242,6 @@ def running_stack(tmp: Path, setup: Setup) -> Iterator[Stack]:
         delay = ["--event-delay-ms", str(setup.event_delay_ms)]
         upstream = start("upstream", "bench.model_overhead", ["--serve-upstream", *delay])
         base = f"http://{upstream.address}/v1"
-        floor.write_replies(tmp / "replies.json", floor_messages(base))
-        floor_args = ["--replies", str(tmp / "replies.json"), "--method", GENERATE_METHOD]
-        floor_process = start("floor", "bench.floor", floor_args)
         write_config(tmp / "model-home", base)
         # Below INFO the model-service never logs its port: choose it here.
         address = f"127.0.0.1:{free_port()}"
@@ -261,6 +249,9 @@ def running_stack(tmp: Path, setup: Setup) -> Iterator[Stack]:
         model_args += ["--log-level", setup.log_level] if setup.log_level else []
         model = start("model-service", "model_service", model_args, setup.service_root)
         model.wait_serving(address)
+        floor.write_replies(tmp / "replies.json", recorded_messages(address))
+        floor_args = ["--replies", str(tmp / "replies.json"), "--method", GENERATE_METHOD]
+        floor_process = start("floor", "bench.floor", floor_args)
         processes = {"model-service": model, "upstream": upstream, "floor": floor_process}
         yield Stack(processes, base, address, floor_process.address)
 
