@@ -582,6 +582,11 @@ class PacedPath:
         """Replies by (messages, messages carrying text)."""
         return Counter((trace.messages, trace.text_messages) for trace in self.traces)
 
+    def messages_text(self) -> str:
+        """`7 (5 with text) in 150`, several such when replies differ."""
+        counts = sorted(self.messages().items())
+        return ", ".join(f"{m} ({t} with text) in {n}" for (m, t), n in counts)
+
     def most_deltas(self) -> int:
         return max(trace.most_deltas for trace in self.traces)
 
@@ -843,9 +848,6 @@ def paced_table(paced: Paced) -> Table:
     )
     for path in paced.paths():
         latencies, first_tokens = path.latencies(), path.first_tokens()
-        messages = ", ".join(
-            f"{m} ({t} text) in {n}" for (m, t), n in sorted(path.messages().items())
-        )
         figures.add(
             path.name,
             len(path.traces),
@@ -855,7 +857,7 @@ def paced_table(paced: Paced) -> Table:
             ms(percentile(path.first_deltas(), 50)),
             ms(percentile(first_tokens, 50)),
             ms(percentile(first_tokens, 99)),
-            messages,
+            path.messages_text(),
             path.cpu_per_reply(),
         )
     return figures
@@ -898,8 +900,8 @@ def paced_notes(paced: Paced) -> list[str]:
         f"time to first token: p50 through {ms(first[1])} ms, direct {ms(first[0])} ms, "
         f"difference {ms(first[1] - first[0])} ms; paired (n={len(paced.pairs)}): "
         f"{ci_text(paced.first_token_pairs())}",
-        f"gRPC messages per reply: {counted(through.messages())} as (messages, carrying "
-        f"text); at most {most} upstream delta(s) per message: {held}",
+        f"gRPC messages per reply through the model-service: {through.messages_text()} of "
+        f"{len(through.traces)} replies; at most {most} upstream delta per message: {held}",
         f"upstream pause between two delta writes: p50 {ms(percentile(paced.gaps(), 50))} ms, "
         f"p99 {ms(percentile(paced.gaps(), 99))} ms (asked: {paced.delay_ms:g} ms)",
         paced_verdict(paced),
@@ -923,7 +925,8 @@ def paced_header(setup: Setup, load_before: str, shape: Shape) -> list[str]:
         "delta's chunk to the client holding the delta's text (gRPC: the GenerateResponse "
         "carrying it, as grpc.aio yields it; direct: its SSE event parsed with SseLines, "
         "SseParser and json.loads from httpx's aiter_text()); TTFT: call start to the first "
-        "delta; percentiles nearest-rank",
+        "delta; messages per reply: gRPC messages, SSE events on the direct path; percentiles "
+        "nearest-rank",
         load_line(load_before),
     ]
 
