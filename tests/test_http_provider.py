@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import logging
 import socket
@@ -570,6 +571,23 @@ async def test_stalled_stream_hits_idle_timeout(server: UpstreamServer, wire_api
 async def test_slow_first_byte_within_read_timeout_succeeds(server: UpstreamServer) -> None:
     server.script(hello("responses", first_byte_delay=0.4, event_delay=0.05))
     assert await collect(settings(server, read_timeout=2.0, idle_timeout=0.5)) == HELLO
+
+
+@pytest.mark.parametrize("wire_api", WIRES)
+async def test_upstream_records_when_it_wrote_each_event(
+    server: UpstreamServer, wire_api: str
+) -> None:
+    reply = hello(wire_api, event_delay=0.05)
+    server.script(reply, hello(wire_api, cut_after=2))
+    started = time.monotonic()
+    assert await collect(settings(server, wire_api)) == HELLO
+    finished = time.monotonic()
+    written = server.requests[0].written_at
+    assert len(written) == len(reply.events)
+    assert started <= server.requests[0].received_at <= written[0] <= finished
+    assert all(0.045 <= b - a < 1.0 for a, b in itertools.pairwise(written))
+    await fail(settings(server, wire_api, max_retries=0))
+    assert len(server.requests[1].written_at) == 2  # only the events sent
 
 
 async def test_first_byte_later_than_read_timeout_is_deadline_exceeded(

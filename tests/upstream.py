@@ -63,6 +63,10 @@ class RecordedRequest:
     received_at: float  # time.monotonic() when the request was read
     # Set when the client closed the connection before the reply was complete.
     disconnected: threading.Event = field(default_factory=threading.Event)
+    # time.monotonic() right after each event of a streamed reply was written,
+    # one per event sent (CLOCK_MONOTONIC: comparable across the processes of
+    # one Linux machine, so a benchmark can time each event's way to a client).
+    written_at: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -396,7 +400,7 @@ class UpstreamServer:
             while (request := await _read_request(reader)) is not None:
                 reply = self._next_reply(request)
                 try:
-                    outcome = await _send(reply, reader, writer)
+                    outcome = await _send(reply, reader, writer, request.written_at)
                 except ConnectionError:
                     outcome = _LEFT
                 if outcome == _LEFT:
@@ -456,8 +460,14 @@ async def _client_left(reader: asyncio.StreamReader, seconds: float | None) -> b
 _SENT, _CUT, _LEFT = "sent", "cut", "left"
 
 
-async def _send(reply: Reply, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
-    """Send `reply`: _SENT whole, _CUT on purpose, or _LEFT when the client went away."""
+async def _send(
+    reply: Reply,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    written_at: list[float],
+) -> str:
+    """Send `reply`: _SENT whole, _CUT on purpose, or _LEFT when the client went
+    away; each event's write time goes to `written_at`."""
     if reply.first_byte_delay and await _client_left(reader, reply.first_byte_delay):
         return _LEFT
     head = [f"HTTP/1.1 {reply.status} {http.HTTPStatus(reply.status).phrase}"]
@@ -482,6 +492,7 @@ async def _send(reply: Reply, reader: asyncio.StreamReader, writer: asyncio.Stre
         data = event.encode()
         writer.write(b"%x\r\n%s\r\n" % (len(data), data))
         await writer.drain()
+        written_at.append(time.monotonic())
     if reply.cut_after is not None and reply.cut_after >= len(reply.events):
         return _CUT
     writer.write(b"0\r\n\r\n")
