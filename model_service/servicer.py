@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -10,13 +11,14 @@ from contextlib import aclosing
 import grpc
 
 from model_service import telemetry
+from model_service.arrivals import as_they_arrive
 from model_service.providers.base import Served
 from model_service.router import Router
 from model_service.windows import Windows
 from spindle import convert
 from spindle.errors import ErrorCode, ModelError, SpindleError
 from spindle.grpc_errors import rpc
-from spindle.model import Completed, Usage, joined
+from spindle.model import Completed, Usage
 from spindle.v1 import model_service_pb2 as pb
 from spindle.v1 import model_service_pb2_grpc as pb_grpc
 
@@ -41,9 +43,12 @@ class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]
             provider = self.router.provider_name(model_request.model)
             model_request = self.windows.complete(model_request)
             stream = self.router.providers[provider].stream(model_request, served)
-            async with asyncio.timeout(context.time_remaining()), aclosing(stream) as batches:
-                async for batch in batches:
-                    message = convert.events_to_pb(joined(batch))
+            async with asyncio.timeout(context.time_remaining()), aclosing(stream):
+                # While an upstream thinks, the response headers go out, so
+                # that the first event is all that is left to send.
+                headers = functools.partial(context.send_initial_metadata, ())
+                async for batch in as_they_arrive(stream, headers):
+                    message = convert.events_to_pb(batch)
                     last = batch[-1]
                     if isinstance(last, Completed):
                         usage = last.usage
