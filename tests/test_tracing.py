@@ -77,8 +77,16 @@ def test_a_turn_is_one_trace_from_the_client_to_the_provider(
     (client_span,) = exporter.get_finished_spans()
     trace_id = f"{client_span.context.trace_id:032x}"
 
-    wait_until(lambda: in_trace(receiver.named("POST"), trace_id))
-    wait_until(lambda: in_trace(receiver.named("spindle.v1.ThreadService/RunTurn"), trace_id))
+    # Each process exports its spans when they end, in batches of its own:
+    # wait for every one this test reads, not only for the last to be written.
+    names = (
+        "spindle.v1.ThreadService/RunTurn",
+        "chat gpt-test",
+        "spindle.v1.ModelService/Generate",
+        "POST",
+    )
+    for name in names:
+        wait_until(lambda name=name: in_trace(receiver.named(name), trace_id))
     (run_turn,) = in_trace(receiver.named("spindle.v1.ThreadService/RunTurn"), trace_id)
     (turn,) = in_trace(receiver.named("chat gpt-test"), trace_id)
     (generate,) = in_trace(receiver.named("spindle.v1.ModelService/Generate"), trace_id)
@@ -126,8 +134,12 @@ def test_a_turn_is_one_trace_from_the_client_to_the_provider(
         assert "hello" not in json.dumps(span.attributes)
 
     # The model-service's log line of the request names the trace.
-    lines = [json.loads(line) for line in model.log_lines]
-    (generate_line,) = [line for line in lines if line["message"].startswith("generate ")]
+    def generate_lines() -> list[dict[str, str]]:
+        lines = [json.loads(line) for line in list(model.log_lines)]
+        return [line for line in lines if line["message"].startswith("generate ")]
+
+    wait_until(generate_lines)
+    (generate_line,) = generate_lines()
     assert generate_line["trace_id"] == trace_id
     assert generate_line["thread_id"] == started.id
 
