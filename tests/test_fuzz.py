@@ -9,8 +9,11 @@ SPINDLE_FUZZ_SEED=N runs another (`random` for a new one, printed on failure).
 
 from __future__ import annotations
 
+import collections
 import os
 import secrets
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -157,6 +160,52 @@ def test_health_watch_streams_the_status_on_both_services(tmp_path: Path) -> Non
                 unknown.cancel()
         assert "Traceback" not in thread.log_text()
         assert "Traceback" not in model.log_text()
+
+
+def test_a_thread_deleted_as_a_turn_begins_loses_no_turn_record(tmp_path: Path) -> None:
+    """The long fuzz run's finding: DeleteThread looked for a running turn,
+    found none, and deleted the thread with the turn that began meanwhile;
+    that turn's end then failed (NOT_FOUND in the store), INTERNAL for its
+    caller with a traceback. Now the delete refuses in its own transaction, or
+    (interrupt_running) interrupts that turn too. Many rounds, at slightly
+    different moments, since the window is narrow."""
+    answers: collections.Counter[tuple[str, str, bool]] = collections.Counter()
+    with (
+        service_pair(tmp_path) as (_, thread),
+        grpc.insecure_channel(thread.address) as channel,
+    ):
+        stub = pb_grpc.ThreadServiceStub(channel)
+        for round_number in range(80):
+            thread_id = start(stub, tmp_path).id
+            interrupt = round_number % 2 == 1
+            ran: dict[str, str] = {}
+
+            def run_turn(thread_id: str = thread_id, ran: dict[str, str] = ran) -> None:
+                try:
+                    found = turn(stub, thread_id, user("/slow 0.05 racing"))
+                    assert found[-1].HasField("turn_completed")
+                    ran["status"] = "OK"
+                except grpc.RpcError as error:
+                    ran["status"] = error.code().name
+
+            runner = threading.Thread(target=run_turn)
+            runner.start()
+            time.sleep((round_number // 2 % 8) * 0.001)
+            try:
+                stub.DeleteThread(
+                    pb.DeleteThreadRequest(thread_id=thread_id, interrupt_running=interrupt),
+                    timeout=10,
+                )
+                deleted = "OK"
+            except grpc.RpcError as error:
+                deleted = error.code().name
+                assert not interrupt, error.details()
+                assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+                assert "a turn is running" in (error.details() or "")
+            runner.join(15)
+            answers[(ran["status"], deleted, interrupt)] += 1
+    assert all(status in ("OK", "NOT_FOUND") for status, _, _ in answers), answers
+    assert "Traceback" not in thread.log_text(), answers
 
 
 NUL_CASES = ["start instructions", "spawn instructions", "fork call id", "model error"]

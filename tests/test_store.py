@@ -260,6 +260,27 @@ async def test_one_running_turn_per_thread_and_nothing_appended_for_the_refused(
     assert [t.id for t in await store.list_turns(root.id, 0, 10)] == [turn_record(root.id, 1).id]
 
 
+async def test_a_thread_is_not_deleted_while_a_turn_runs_on_it(store: SqlStore) -> None:
+    """DeleteThread looks for a running turn before it deletes; a turn that
+    began in between must keep its record (the long fuzz run found its end
+    failing NOT_FOUND, an INTERNAL for its caller): the delete itself refuses."""
+    root = thread()
+    await store.create_thread(root)
+    running = turn_record(root.id, 1)
+    await store.begin_turn(running, [Entry.of(said("first"))])
+    with pytest.raises(FailedPrecondition, match="a turn is running") as refused:
+        await store.delete_thread(root.id)
+    assert refused.value.reason == "TURN_RUNNING"
+    assert refused.value.metadata == {"turn_id": running.id}
+    assert [t.id for t in await store.list_turns(root.id, 0, 10)] == [running.id]
+    ended = await store.finish_turn(
+        running.id, TurnStatus.COMPLETED, Usage(), None, [Entry.of(answer("done"))]
+    )
+    assert ended.status is TurnStatus.COMPLETED
+    await store.delete_thread(root.id)
+    assert await store.get_thread(root.id) is None
+
+
 async def test_failed_and_interrupted_turns_keep_their_error(store: SqlStore) -> None:
     root = thread()
     await store.create_thread(root)
