@@ -635,8 +635,14 @@ def requests(pool: Pool) -> dict[str, st.SearchStrategy[Message]]:
                 (3, st.builds(pool.archived_thread, st.integers(0, 1 << 20))), (2, ids)
             ),
         ),
+        # Mostly threads that are gone already: deleting the pool's threads
+        # as often as other calls name them would leave most calls NOT_FOUND.
         "DeleteThread": st.builds(
-            pb.DeleteThreadRequest, thread_id=ids, interrupt_running=st.booleans()
+            pb.DeleteThreadRequest,
+            thread_id=weighted(
+                (1, ids), (2, st.builds(pool.deleted_thread, st.integers(0, 1 << 20))), (1, texts())
+            ),
+            interrupt_running=st.booleans(),
         ),
         "RunTurn": st.builds(
             pb.RunTurnRequest,
