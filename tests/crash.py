@@ -158,6 +158,19 @@ class Services:
     def tracebacks(self) -> int:
         return sum(process.log_text().count("Traceback") for process in self.logs)
 
+    def model_calls(self) -> tuple[int, int]:
+        """Model calls the model-services logged, and how many of them it
+        refused for want of their window's base (WINDOW_NOT_HELD, after a
+        restart): the thread-service then sent the whole history again."""
+        lines = [
+            line
+            for process in self.logs
+            if process.module == "model_service"
+            for line in process.log_lines
+            if "generate thread_id=" in line
+        ]
+        return len(lines), sum("status=FAILED_PRECONDITION" in line for line in lines)
+
 
 @contextmanager
 def store_arguments(store: str) -> Iterator[list[str]]:
@@ -408,6 +421,7 @@ class Result:
     # Records that cannot be (see `inconsistencies`), and SQLite's own checks.
     inconsistent: list[str]
     tracebacks: int
+    model_calls: tuple[int, int]
     seconds: float
     seed: int
 
@@ -436,6 +450,8 @@ class Result:
             f"turns: attempted {self.tally.attempted}, acknowledged "
             f"{len(self.tally.acknowledged)}; calls that failed: {failures}",
             f"threads: {len(self.tally.threads)}; tracebacks in the logs: {self.tracebacks}",
+            f"model calls: {self.model_calls[0]}, of which refused WINDOW_NOT_HELD (the "
+            f"whole history sent again): {self.model_calls[1]}",
             "turns as recorded (before the wedge check):",
             *(f"  {n:>6}  {what}" for what, n in self.recorded.most_common()),
             "",
@@ -514,6 +530,7 @@ def crash(
         recorded,
         inconsistent,
         services.tracebacks(),
+        services.model_calls(),
         time.monotonic() - started,
         seed,
     )
