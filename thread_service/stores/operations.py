@@ -739,8 +739,12 @@ def finish_turn(
 
 
 def append_events(turn_id: str, events: Sequence[tuple[int, str]]) -> Script[None]:
+    """Keep a turn's events. An event kept already stays as it is: a write
+    that failed as far as its caller knows may have been saved all the same,
+    and its events then come again (with the turn's end)."""
     yield batch(
-        "INSERT INTO turn_events (turn_id, seq, body) VALUES (?, ?, ?)",
+        "INSERT INTO turn_events (turn_id, seq, body) VALUES (?, ?, ?) "
+        "ON CONFLICT (turn_id, seq) DO NOTHING",
         [(turn_id, seq, body) for seq, body in events],
     )
 
