@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -203,7 +204,14 @@ class _Gate:
 
         return guarded
 
-    def unary_stream(self, behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
+    def unary_stream(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(behaviour):
+            # A streaming method in gRPC's reader/writer style (it writes its
+            # responses with `context.write` and returns None), as health
+            # checking's Watch is: wrapped so, since gRPC picks the style by
+            # the handler it is given.
+            return self.unary_unary(behaviour)
+
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             async with self._call(request, context):
                 async for response in behaviour(request, context):

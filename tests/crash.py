@@ -9,12 +9,18 @@ alternate: kill -9 the thread-service, or the model-service, at a random
 moment while turns run, then start it again on the same port and data (a
 thread-service ends, as it starts, the turns its killed predecessor left
 running). At the end every thread must take a new turn within a bound (else
-it is *wedged*: RunTurn keeps answering "already running").
+it is *wedged*: RunTurn keeps answering "already running"). Then every
+thread's record must be consistent (no turn left RUNNING, each turn's items
+together, a turn that did not complete without the model's output, a
+completed one with its answer, its kept events replaying 1, 2, 3... to its
+end), and on SQLite the database must pass `PRAGMA integrity_check` and
+`foreign_key_check` once the service is stopped (else it is *inconsistent*).
 
     python -m tests.crash --kills 20 [--clients 4] [--store postgres] [--seed N]
 
 kills each service `--kills` times, prints a table of the rounds and the
-totals, and exits 1 if a turn was lost or a thread wedged.
+totals, and exits 1 if a turn was lost, a thread wedged or a record is
+inconsistent.
 tests/test_crash.py runs a short form.
 """
 
@@ -25,6 +31,7 @@ import os
 import random
 import secrets
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -32,7 +39,7 @@ import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -150,6 +157,19 @@ class Services:
 
     def tracebacks(self) -> int:
         return sum(process.log_text().count("Traceback") for process in self.logs)
+
+    def model_calls(self) -> tuple[int, int]:
+        """Model calls the model-services logged, and how many of them it
+        refused for want of their window's base (WINDOW_NOT_HELD, after a
+        restart): the thread-service then sent the whole history again."""
+        lines = [
+            line
+            for process in self.logs
+            if process.module == "model_service"
+            for line in process.log_lines
+            if "generate thread_id=" in line
+        ]
+        return len(lines), sum("status=FAILED_PRECONDITION" in line for line in lines)
 
 
 @contextmanager
@@ -291,6 +311,86 @@ def recorded_turns(stub: pb_grpc.ThreadServiceStub, thread_ids: set[str]) -> Cou
     return counts
 
 
+def inconsistencies(stub: pb_grpc.ThreadServiceStub, thread_ids: set[str]) -> list[str]:
+    """What a thread's record says that cannot be, read through the API after
+    the last restart: a turn still RUNNING, items naming no turn of the
+    thread or out of their turn's order, a turn that did not complete with
+    more than its input, a completed one without its answer, and kept events
+    that do not replay whole (sequence 1, 2, 3... ending as the turn ended)."""
+    found: list[str] = []
+    for thread_id in sorted(thread_ids):
+        turns: dict[str, pb.Turn] = {}
+        token = ""
+        while True:
+            page = stub.ListTurns(
+                pb.ListTurnsRequest(thread_id=thread_id, page_size=1000, page_token=token),
+                timeout=30,
+            )
+            turns.update((turn.id, turn) for turn in page.turns)
+            token = page.next_page_token
+            if not token:
+                break
+        by_turn: dict[str, list[c.Item]] = {}
+        order: list[str] = []
+        for item in history(stub, thread_id):
+            if item.turn_id not in turns:
+                found.append(f"{thread_id}: item of unknown turn {item.turn_id!r}")
+                continue
+            if item.turn_id in by_turn and order[-1] != item.turn_id:
+                found.append(f"{thread_id}: items of turn {item.turn_id} are not together")
+            if item.turn_id not in by_turn:
+                order.append(item.turn_id)
+            by_turn.setdefault(item.turn_id, []).append(item)
+        for turn in turns.values():
+            where = f"{thread_id}: turn {turn.id} ({pb.TurnStatus.Name(turn.status)})"
+            kept = by_turn.get(turn.id, [])
+            said = [i for i in kept if i.message.role == c.ROLE_ASSISTANT]
+            if turn.status == pb.TURN_STATUS_RUNNING:
+                found.append(f"{where} is still running")
+            elif turn.status == pb.TURN_STATUS_COMPLETED and len(said) != 1:
+                found.append(f"{where} has {len(said)} answers")
+            elif turn.status != pb.TURN_STATUS_COMPLETED and said:
+                found.append(f"{where} kept the model's output")
+            if not kept or kept[0].message.role != c.ROLE_USER:
+                found.append(f"{where} does not start with its input")
+            found.extend(f"{where}: {problem}" for problem in _replay_problems(stub, turn))
+    return found
+
+
+def _replay_problems(stub: pb_grpc.ThreadServiceStub, turn: pb.Turn) -> list[str]:
+    """Whether the turn's kept events replay whole, ending as the turn ended."""
+    events: list[pb.TurnEvent] = []
+    request = pb.WatchTurnRequest(thread_id=turn.thread_id, turn_id=turn.id)
+    failure: grpc.RpcError | None = None
+    try:
+        for response in stub.WatchTurn(request, timeout=30):
+            events.extend(response.events)
+    except grpc.RpcError as error:
+        failure = error
+    problems = []
+    if [event.sequence for event in events] != list(range(1, len(events) + 1)):
+        problems.append(f"events numbered {[event.sequence for event in events][:20]}")
+    if turn.status == pb.TURN_STATUS_FAILED:
+        if failure is None or failure.code().value[0] != turn.error.code:
+            problems.append(f"replay of a failed turn ended {failure and failure.code().name}")
+    elif failure is not None:
+        problems.append(f"replay failed: {failure.code().name}: {failure.details()}")
+    elif not events or not events[-1].HasField("turn_completed"):
+        problems.append("replay does not end with turn_completed")
+    elif events[-1].turn_completed.status != turn.status:
+        problems.append("replay ends " + pb.TurnStatus.Name(events[-1].turn_completed.status))
+    return problems
+
+
+def sqlite_problems(database: Path) -> list[str]:
+    """SQLite's own checks of the database file, once the service has stopped."""
+    with closing(sqlite3.connect(database)) as conn:
+        checked = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+        keys = conn.execute("PRAGMA foreign_key_check").fetchall()
+    problems = [] if checked == ["ok"] else [f"integrity_check: {checked[:5]}"]
+    return problems + [f"foreign_key_check: {row}" for row in keys[:5]]
+
+
 def wedged_threads(stub: pb_grpc.ThreadServiceStub, thread_ids: set[str]) -> list[str]:
     """Threads that take no new turn within WEDGE_BOUND seconds."""
     wedged = []
@@ -318,13 +418,16 @@ class Result:
     lost: list[str]
     wedged: list[str]
     recorded: Counter[str]
+    # Records that cannot be (see `inconsistencies`), and SQLite's own checks.
+    inconsistent: list[str]
     tracebacks: int
+    model_calls: tuple[int, int]
     seconds: float
     seed: int
 
     @property
     def failed(self) -> bool:
-        return bool(self.lost or self.wedged)
+        return bool(self.lost or self.wedged or self.inconsistent)
 
     def kills(self, which: str) -> int:
         return sum(1 for r in self.rounds if r.killed == which)
@@ -347,6 +450,8 @@ class Result:
             f"turns: attempted {self.tally.attempted}, acknowledged "
             f"{len(self.tally.acknowledged)}; calls that failed: {failures}",
             f"threads: {len(self.tally.threads)}; tracebacks in the logs: {self.tracebacks}",
+            f"model calls: {self.model_calls[0]}, of which refused WINDOW_NOT_HELD (the "
+            f"whole history sent again): {self.model_calls[1]}",
             "turns as recorded (before the wedge check):",
             *(f"  {n:>6}  {what}" for what, n in self.recorded.most_common()),
             "",
@@ -354,8 +459,10 @@ class Result:
             "------------------------  -----  ----",
             f"acknowledged turns lost   {len(self.lost):>5}     0",
             f"wedged threads            {len(self.wedged):>5}     0",
+            f"inconsistent records      {len(self.inconsistent):>5}     0",
         ]
         lines += [f"lost: {x}" for x in self.lost[:10]] + [f"wedged: {x}" for x in self.wedged[:10]]
+        lines += [f"inconsistent: {x}" for x in self.inconsistent[:10]]
         return "\n".join(lines)
 
 
@@ -410,15 +517,20 @@ def crash(
             lost = lost_turns(stub, tally.acknowledged)
             recorded = recorded_turns(stub, tally.threads)
             wedged = wedged_threads(stub, tally.threads)
+            inconsistent = inconsistencies(stub, tally.threads)
     finally:
         services.stop()
+    if not store:
+        inconsistent += sqlite_problems(tmp / "data" / "spindle.sqlite3")
     return Result(
         rounds,
         tally,
         lost,
         wedged,
         recorded,
+        inconsistent,
         services.tracebacks(),
+        services.model_calls(),
         time.monotonic() - started,
         seed,
     )

@@ -2,11 +2,16 @@
 processes: no call may end UNKNOWN or INTERNAL, no traceback may reach
 either service's log, and both services must answer health checks to the end.
 
-Hypothesis builds every public request message (ids of threads that exist,
+Hypothesis builds every public request message, of all 14 methods (ids of
+threads and turns that exist, deleted threads, request ids sent before,
 random UUIDs, 20,000+ character strings of every kind of character, deep and
-odd JSON schemas, enum values out of range, the embedded model's `/call`,
-`/slow` and `/fail` commands) and raw byte payloads sent to every method,
-plus pairs of calls racing on one thread. Every call has a deadline.
+odd JSON schemas, labels, field masks, enum values out of range, the
+embedded model's `/call`, `/slow` and `/fail` commands) and raw byte
+payloads sent to every method, plus pairs of calls racing on one thread: a
+slow turn and an interrupt or a watch of that turn, another turn (rejected,
+interrupting or queued), a fork at it, or an archive, delete or update of
+its thread. Every call has a deadline. Tracebacks are counted, and the
+first few printed.
 
     python -m tests.fuzz --cases 10000 [--seed N] [--max-seconds S] [--store postgres]
 
@@ -21,6 +26,7 @@ import argparse
 import base64
 import collections
 import concurrent.futures
+import dataclasses
 import json
 import secrets
 import sys
@@ -32,10 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from threading import Lock
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import hypothesis
+from google.protobuf import field_mask_pb2
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import strategies as st
@@ -54,9 +61,13 @@ METHODS: dict[str, tuple[type[Message], bool]] = {
     "ResumeThread": (pb.ResumeThreadRequest, False),
     "GetThread": (pb.GetThreadRequest, False),
     "ListThreads": (pb.ListThreadsRequest, False),
+    "UpdateThread": (pb.UpdateThreadRequest, False),
     "ListThreadItems": (pb.ListThreadItemsRequest, False),
     "ArchiveThread": (pb.ArchiveThreadRequest, False),
+    "UnarchiveThread": (pb.UnarchiveThreadRequest, False),
+    "DeleteThread": (pb.DeleteThreadRequest, False),
     "RunTurn": (pb.RunTurnRequest, True),
+    "WatchTurn": (pb.WatchTurnRequest, True),
     "InterruptTurn": (pb.InterruptTurnRequest, False),
     "ListTurns": (pb.ListTurnsRequest, False),
 }
@@ -81,16 +92,22 @@ CHUNK = 500
 
 @dataclass
 class Pool:
-    """Thread ids, open function call ids and page tokens the fuzzer has seen,
-    so that requests name things that exist. Strategies read it at draw time
-    by index, so a run with one seed draws the same choices."""
+    """Thread ids, turn ids, request ids, open function call ids and page
+    tokens the fuzzer has seen, so that requests name things that exist.
+    Strategies read it at draw time by index, so a run with one seed draws the
+    same choices."""
 
     cwd: str
     dirs: list[str]
     active: list[str] = field(default_factory=list)
     archived: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
     call_ids: list[str] = field(default_factory=lambda: ["call_none"])
     tokens: list[str] = field(default_factory=lambda: [""])
+    turn_ids: list[str] = field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)
+    # Each thread's newest turn, as its turn_started said.
+    newest_turn: dict[str, str] = field(default_factory=dict)
     lock: Lock = field(default_factory=Lock)
     # The newest threads are picked from; the seeded ones always stay.
     keep: int = 64
@@ -103,6 +120,10 @@ class Pool:
         with self.lock:
             return self.archived[index % len(self.archived)] if self.archived else ""
 
+    def deleted_thread(self, index: int) -> str:
+        with self.lock:
+            return self.deleted[index % len(self.deleted)] if self.deleted else ""
+
     def call_id(self, index: int) -> str:
         with self.lock:
             return self.call_ids[index % len(self.call_ids)]
@@ -110,6 +131,19 @@ class Pool:
     def token(self, index: int) -> str:
         with self.lock:
             return self.tokens[index % len(self.tokens)]
+
+    def turn_id(self, index: int) -> str:
+        with self.lock:
+            return self.turn_ids[index % len(self.turn_ids)] if self.turn_ids else ""
+
+    def request_id(self, index: int) -> str:
+        with self.lock:
+            return self.request_ids[index % len(self.request_ids)] if self.request_ids else ""
+
+    def turn_of(self, thread_id: str) -> str:
+        """The thread's newest turn (running or not), "" if none was seen."""
+        with self.lock:
+            return self.newest_turn.get(thread_id, "")
 
     def add_thread(self, thread_id: str) -> None:
         with self.lock:
@@ -123,6 +157,21 @@ class Pool:
                 self.active.remove(thread_id)
             self.archived = [*self.archived[-self.keep :], thread_id]
 
+    def unarchive(self, thread_id: str) -> None:
+        with self.lock:
+            if thread_id in self.archived:
+                self.archived.remove(thread_id)
+            if thread_id not in self.active:
+                self.active.append(thread_id)
+
+    def delete(self, thread_id: str) -> None:
+        with self.lock:
+            if thread_id in self.active and len(self.active) > 4:
+                self.active.remove(thread_id)
+            if thread_id in self.archived:
+                self.archived.remove(thread_id)
+            self.deleted = [*self.deleted[-self.keep :], thread_id]
+
     def add_token(self, token: str) -> None:
         with self.lock:
             self.tokens = [*self.tokens[-self.keep :], token]
@@ -130,6 +179,18 @@ class Pool:
     def add_call_ids(self, call_ids: Sequence[str]) -> None:
         with self.lock:
             self.call_ids = [*self.call_ids[-self.keep :], *call_ids]
+
+    def add_turn(self, thread_id: str, turn_id: str) -> None:
+        with self.lock:
+            self.newest_turn[thread_id] = turn_id
+            if len(self.newest_turn) > 4 * self.keep:
+                del self.newest_turn[next(iter(self.newest_turn))]
+            self.turn_ids = [*self.turn_ids[-self.keep :], turn_id]
+
+    def add_request_id(self, request_id: str) -> None:
+        with self.lock:
+            if request_id not in self.request_ids:
+                self.request_ids = [*self.request_ids[-self.keep :], request_id]
 
 
 # --- Strategies ---------------------------------------------------------------------------
@@ -216,13 +277,117 @@ def uuid_forms() -> st.SearchStrategy[str]:
 
 
 def thread_ids(pool: Pool) -> st.SearchStrategy[str]:
-    """Mostly threads that exist; else archived ones, unknown UUIDs and junk."""
+    """Mostly threads that exist; else archived or deleted ones, unknown UUIDs and junk."""
     return weighted(
         (12, st.builds(pool.thread, st.integers(0, 1 << 20))),
         (2, st.builds(pool.archived_thread, st.integers(0, 1 << 20))),
+        (1, st.builds(pool.deleted_thread, st.integers(0, 1 << 20))),
         (2, uuid_forms()),
         (1, st.just("00000000-0000-0000-0000-000000000000")),
         (3, texts()),
+    )
+
+
+def turn_ids(pool: Pool) -> st.SearchStrategy[str]:
+    """Turns that exist (of any thread), unknown UUIDs and junk."""
+    return weighted(
+        (6, st.builds(pool.turn_id, st.integers(0, 1 << 20))),
+        (2, uuid_forms()),
+        (1, st.just("")),
+        (1, texts()),
+    )
+
+
+def thread_turns(pool: Pool) -> st.SearchStrategy[tuple[str, str]]:
+    """A thread and a turn: mostly the thread's own newest turn (perhaps still
+    running), else any thread and any turn id."""
+
+    def own(index: int) -> tuple[str, str]:
+        thread_id = pool.thread(index)
+        return thread_id, pool.turn_of(thread_id)
+
+    return weighted(
+        (5, st.builds(own, st.integers(0, 1 << 20))),
+        (3, st.tuples(thread_ids(pool), turn_ids(pool))),
+    )
+
+
+def request_ids(pool: Pool) -> st.SearchStrategy[str]:
+    """Usually none; else fresh UUIDs, ones sent before (a retry, or a reuse
+    with another request) and junk."""
+    return weighted(
+        (8, st.just("")),
+        (2, st.uuids().map(str)),
+        (2, st.builds(pool.request_id, st.integers(0, 1 << 20))),
+        (1, uuid_forms()),
+        (1, texts()),
+    )
+
+
+METADATA_KEY = st.from_regex(r"[A-Za-z0-9_.\-/]{1,64}", fullmatch=True)
+
+
+def metadata_maps() -> st.SearchStrategy[dict[str, str]]:
+    """Labels: usually none; valid ones, too many, bad keys, long or multi-line values."""
+    return weighted(
+        (6, st.just({})),
+        (3, st.dictionaries(METADATA_KEY, st.text(max_size=20), max_size=4)),
+        (1, st.dictionaries(texts(), texts(), max_size=3)),
+        (1, st.integers(17, 40).map(lambda n: {f"k{i}": "v" for i in range(n)})),
+        (1, st.builds(lambda k, v: {k: v}, METADATA_KEY, huge_texts() | st.just("a\nb"))),
+    )
+
+
+def order_bys() -> st.SearchStrategy[str]:
+    return weighted(
+        (4, st.just("")),
+        (
+            3,
+            st.sampled_from(
+                [
+                    "create_time",
+                    "update_time",
+                    "create_time desc",
+                    "update_time desc",
+                    "update_time asc",
+                    "  update_time   desc ",
+                    "create_time desc x",
+                    "id",
+                    "desc",
+                ]
+            ),
+        ),
+        (1, texts()),
+    )
+
+
+UPDATE_PATHS = ("agent_nickname", "agent_role", "metadata", "instructions")
+
+
+def update_masks() -> st.SearchStrategy[list[str]]:
+    """Field mask paths: the updatable ones, and others (fields that may not
+    change, unknown names, Python attribute names, junk)."""
+    others = st.sampled_from(
+        [
+            "id",
+            "cwd",
+            "model",
+            "status",
+            "depth",
+            "trust",
+            "metadata.k",
+            "thread.instructions",
+            "__class__",
+            "DESCRIPTOR",
+            "Clear",
+            "",
+            "*",
+        ]
+    )
+    return weighted(
+        (6, st.lists(st.sampled_from(UPDATE_PATHS), min_size=1, max_size=4)),
+        (2, st.lists(st.sampled_from(UPDATE_PATHS) | others, max_size=4)),
+        (1, st.lists(texts(), max_size=2)),
     )
 
 
@@ -347,17 +512,76 @@ def requests(pool: Pool) -> dict[str, st.SearchStrategy[Message]]:
     labels = mostly_empty(texts())
     instructions = mostly_empty(texts())
     models = mostly_empty(st.sampled_from(["spindle-echo", "no-such-model", "a/b@c:d+e"]) | texts())
-    fork = st.builds(
-        pb.ForkOptions,
-        parent_spawn_call_id=st.sampled_from(["", "call_1"]) | texts(),
-        mode=enums([0, pb.FORK_MODE_FULL_HISTORY, pb.FORK_MODE_LAST_N_TURNS]),
-        last_n_turns=st.sampled_from([0, 1, 3]) | st.integers(0, 2**32 - 1),
+    # A fork at a turn: none, the parent's newest, any turn, or junk (resolved
+    # against the parent when the request is built).
+    at_turns = weighted((6, st.just("")), (3, st.just("newest")), (1, turn_ids(pool)), (1, texts()))
+    forks = st.builds(
+        lambda call_id, mode, last_n, at: (call_id, mode, last_n, at),
+        st.sampled_from(["", "call_1"]) | texts(),
+        enums([0, pb.FORK_MODE_FULL_HISTORY, pb.FORK_MODE_LAST_N_TURNS]),
+        st.sampled_from([0, 1, 3]) | st.integers(0, 2**32 - 1),
+        at_turns,
     )
+
+    def spawn(
+        parent: str,
+        fork: tuple[str, int, int, str] | None,
+        nickname: str,
+        role: str,
+        kind: str,
+        model: str,
+        instructions: str,
+        request_id: str,
+        metadata: dict[str, str],
+    ) -> pb.SpawnThreadRequest:
+        request = pb.SpawnThreadRequest(
+            parent_id=parent,
+            agent_nickname=nickname,
+            agent_role=role,
+            sub_agent_kind=kind,
+            model=model,
+            instructions=instructions,
+            request_id=request_id,
+            metadata=metadata,
+        )
+        if fork is not None:
+            call_id, mode, last_n, at = fork
+            at = pool.turn_of(parent) if at == "newest" else at
+            request.fork.CopyFrom(
+                pb.ForkOptions(
+                    parent_spawn_call_id=call_id,
+                    mode=cast(Any, mode),
+                    last_n_turns=last_n,
+                    at_turn_id=at,
+                )
+            )
+        return request
+
+    def update(
+        thread_id: str,
+        nickname: str,
+        role: str,
+        instructions: str,
+        metadata: dict[str, str],
+        paths: list[str],
+    ) -> pb.UpdateThreadRequest:
+        thread = pb.Thread(
+            id=thread_id,
+            agent_nickname=nickname,
+            agent_role=role,
+            instructions=instructions,
+            metadata=metadata,
+        )
+        return pb.UpdateThreadRequest(
+            thread=thread, update_mask=field_mask_pb2.FieldMask(paths=paths)
+        )
+
     plain = st.builds(lambda t: c.Item(message=c.Message(role=c.ROLE_USER, text=t)), texts())
     inputs = weighted(
         (6, st.lists(plain, min_size=1, max_size=2)),
         (4, st.lists(items(pool), max_size=4)),
     )
+    pairs = thread_turns(pool)
     return {
         "StartThread": st.builds(
             pb.StartThreadRequest,
@@ -366,24 +590,20 @@ def requests(pool: Pool) -> dict[str, st.SearchStrategy[Message]]:
             instructions=instructions,
             agent_nickname=labels,
             agent_role=labels,
+            request_id=request_ids(pool),
+            metadata=metadata_maps(),
         ),
         "SpawnThread": st.builds(
-            lambda p, f, n, r, k, m, i: pb.SpawnThreadRequest(
-                parent_id=p,
-                fork=f,
-                agent_nickname=n,
-                agent_role=r,
-                sub_agent_kind=k,
-                model=m,
-                instructions=i,
-            ),
+            spawn,
             ids,
-            st.none() | fork,
+            st.none() | forks,
             labels,
             labels,
             mostly_empty(st.just("explorer") | texts()),
             models,
             instructions,
+            request_ids(pool),
+            metadata_maps(),
         ),
         "ResumeThread": st.builds(pb.ResumeThreadRequest, thread_id=ids),
         "GetThread": st.builds(pb.GetThreadRequest, thread_id=ids),
@@ -393,6 +613,12 @@ def requests(pool: Pool) -> dict[str, st.SearchStrategy[Message]]:
             page_token=page_tokens(pool),
             parent_id=st.just("") | ids,
             include_archived=st.booleans(),
+            status=enums([0, pb.THREAD_STATUS_ACTIVE, pb.THREAD_STATUS_ARCHIVED]),
+            metadata=metadata_maps(),
+            order_by=order_bys(),
+        ),
+        "UpdateThread": st.builds(
+            update, ids, labels, labels, instructions, metadata_maps(), update_masks()
         ),
         "ListThreadItems": st.builds(
             pb.ListThreadItemsRequest,
@@ -400,9 +626,54 @@ def requests(pool: Pool) -> dict[str, st.SearchStrategy[Message]]:
             page_size=page_sizes(),
             page_token=page_tokens(pool),
         ),
-        "ArchiveThread": st.builds(pb.ArchiveThreadRequest, thread_id=ids),
-        "RunTurn": st.builds(pb.RunTurnRequest, thread_id=ids, input=inputs, tools=tools()),
-        "InterruptTurn": st.builds(pb.InterruptTurnRequest, thread_id=ids, turn_id=ids),
+        "ArchiveThread": st.builds(
+            pb.ArchiveThreadRequest, thread_id=ids, interrupt_running=st.booleans()
+        ),
+        "UnarchiveThread": st.builds(
+            pb.UnarchiveThreadRequest,
+            thread_id=weighted(
+                (3, st.builds(pool.archived_thread, st.integers(0, 1 << 20))), (2, ids)
+            ),
+        ),
+        # Mostly threads that are gone already: deleting the pool's threads
+        # as often as other calls name them would leave most calls NOT_FOUND.
+        "DeleteThread": st.builds(
+            pb.DeleteThreadRequest,
+            thread_id=weighted(
+                (1, ids), (2, st.builds(pool.deleted_thread, st.integers(0, 1 << 20))), (1, texts())
+            ),
+            interrupt_running=st.booleans(),
+        ),
+        "RunTurn": st.builds(
+            pb.RunTurnRequest,
+            thread_id=ids,
+            input=inputs,
+            tools=tools(),
+            request_id=request_ids(pool),
+            on_disconnect=weighted(
+                (3, st.just(0)),
+                (2, enums([pb.DISCONNECT_POLICY_CANCEL, pb.DISCONNECT_POLICY_CONTINUE])),
+            ),
+            when_busy=weighted(
+                (3, st.just(0)),
+                (
+                    2,
+                    enums(
+                        [pb.BUSY_POLICY_REJECT, pb.BUSY_POLICY_INTERRUPT, pb.BUSY_POLICY_ENQUEUE]
+                    ),
+                ),
+            ),
+        ),
+        "WatchTurn": st.builds(
+            lambda pair, after: pb.WatchTurnRequest(
+                thread_id=pair[0], turn_id=pair[1], after_sequence=after
+            ),
+            pairs,
+            st.sampled_from([0, 0, 1, 2, 3, 100]) | st.integers(0, 2**64 - 1),
+        ),
+        "InterruptTurn": st.builds(
+            lambda pair: pb.InterruptTurnRequest(thread_id=pair[0], turn_id=pair[1]), pairs
+        ),
         "ListTurns": st.builds(
             pb.ListTurnsRequest, thread_id=ids, page_size=page_sizes(), page_token=page_tokens(pool)
         ),
@@ -423,6 +694,9 @@ class Call:
     note: str = ""
     # Said only in examples: how the payload was made.
     how: str = ""
+    # Makes the payload when the call is sent (a race's second call names
+    # the turn the first one started), instead of `payload`.
+    late: Callable[[], bytes] | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -526,34 +800,98 @@ def raw_calls(pool: Pool, *, include_open: bool) -> st.SearchStrategy[Call]:
     return raw()
 
 
+RACE_SECONDS = ("0.05", "0.2", "0.5")
+RACE_OTHERS = (
+    "InterruptTurn",
+    "RunTurn",
+    "WatchTurn",
+    "ArchiveThread",
+    "UnarchiveThread",
+    "DeleteThread",
+    "UpdateThread",
+    "ResumeThread",
+    "SpawnThread",
+    "ListThreadItems",
+)
+
+
 def races(pool: Pool) -> st.SearchStrategy[Race]:
-    """A slow turn on a thread and, meanwhile, another call on the same thread."""
+    """A slow turn on a thread and, meanwhile, another call on the same thread:
+    one that names the running turn (interrupt, watch, a fork at it), another
+    turn (rejected, interrupting or queued), or a change to the thread."""
 
     @st.composite
     def race(draw: st.DrawFn) -> Race:
         thread_id = pool.thread(draw(st.integers(0, 1 << 20)))
-        seconds = draw(st.sampled_from(["0.05", "0.2", "0.5"]))
+        seconds = draw(st.sampled_from(RACE_SECONDS))
         turn = pb.RunTurnRequest(
             thread_id=thread_id,
             input=[c.Item(message=c.Message(role=c.ROLE_USER, text=f"/slow {seconds} racing"))],
+            on_disconnect=cast(Any, draw(st.sampled_from([0, pb.DISCONNECT_POLICY_CONTINUE]))),
         )
-        first = Call(SERVICE + "RunTurn", turn.SerializeToString(), "stream", note="race")
-        other = draw(
-            st.sampled_from(
-                ["InterruptTurn", "RunTurn", "ArchiveThread", "ResumeThread", "SpawnThread"]
-            )
+        first = Call(
+            SERVICE + "RunTurn",
+            turn.SerializeToString(),
+            "stream",
+            cancel_after=draw(weighted((4, st.none()), (1, st.integers(0, 2)))),
+            note="race",
         )
+        other = draw(st.sampled_from(RACE_OTHERS))
+        interrupt = draw(st.booleans())
+        late: Callable[[], bytes] | None = None
         second_request: Message
         if other == "RunTurn":
-            second_request = turn
+            second_turn: Any = pb.RunTurnRequest()
+            second_turn.CopyFrom(turn)
+            second_request = second_turn
+            second_turn.when_busy = draw(
+                st.sampled_from(
+                    [0, pb.BUSY_POLICY_INTERRUPT, pb.BUSY_POLICY_ENQUEUE, pb.BUSY_POLICY_REJECT]
+                )
+            )
+        elif other in ("InterruptTurn", "WatchTurn"):
+            after = draw(st.sampled_from([0, 1, 2]))
+
+            def late_turn(kind: str = other, after: int = after) -> bytes:
+                turn_id = pool.turn_of(thread_id)
+                if kind == "WatchTurn":
+                    return pb.WatchTurnRequest(
+                        thread_id=thread_id, turn_id=turn_id, after_sequence=after
+                    ).SerializeToString()
+                return pb.InterruptTurnRequest(
+                    thread_id=thread_id, turn_id=turn_id
+                ).SerializeToString()
+
+            late = late_turn
+            second_request = METHODS[other][0](thread_id=thread_id)
         elif other == "SpawnThread":
-            second_request = pb.SpawnThreadRequest(
-                parent_id=thread_id, fork=pb.ForkOptions(parent_spawn_call_id="call_race")
+            call_id = f"call_race_{draw(st.integers(0, 20))}"
+            at_newest = draw(st.booleans())
+
+            def late_spawn(call_id: str = call_id, at_newest: bool = at_newest) -> bytes:
+                fork = pb.ForkOptions(
+                    parent_spawn_call_id=call_id,
+                    at_turn_id=pool.turn_of(thread_id) if at_newest else "",
+                )
+                return pb.SpawnThreadRequest(parent_id=thread_id, fork=fork).SerializeToString()
+
+            late = late_spawn
+            second_request = pb.SpawnThreadRequest(parent_id=thread_id)
+        elif other in ("ArchiveThread", "DeleteThread"):
+            second_request = METHODS[other][0](thread_id=thread_id, interrupt_running=interrupt)
+        elif other == "UpdateThread":
+            second_request = pb.UpdateThreadRequest(
+                thread=pb.Thread(id=thread_id, instructions="raced", metadata={"race": "1"}),
+                update_mask=field_mask_pb2.FieldMask(
+                    paths=draw(st.lists(st.sampled_from(UPDATE_PATHS), min_size=1, max_size=2))
+                ),
             )
         else:
             second_request = METHODS[other][0](thread_id=thread_id)
-        kind = "stream" if other == "RunTurn" else "unary"
-        second = Call(SERVICE + other, second_request.SerializeToString(), kind, note="race")
+        kind = "stream" if METHODS[other][1] else "unary"
+        second = Call(
+            SERVICE + other, second_request.SerializeToString(), kind, note="race", late=late
+        )
         return Race(first, second, draw(st.sampled_from([0.0, 0.02, 0.1, 0.3])))
 
     return race()
@@ -579,6 +917,8 @@ class Report:
     skipped: int = 0
     seconds: float = 0.0
     tracebacks: dict[str, int] = field(default_factory=dict)
+    # The first few tracebacks themselves, with the log lines before each.
+    traceback_excerpts: list[str] = field(default_factory=list)
     down: list[str] = field(default_factory=list)
 
     def count(self, code: str) -> int:
@@ -632,6 +972,8 @@ class Report:
             examples = self.examples_of(codes)
             if examples:
                 lines += ["", f"examples of {', '.join(codes)}:", *examples]
+        for excerpt in self.traceback_excerpts:
+            lines += ["", excerpt]
         return "\n".join(lines)
 
 
@@ -664,6 +1006,8 @@ class Fuzzer:
         second.result()
 
     def send(self, call: Call) -> str:
+        if call.late is not None:
+            call = dataclasses.replace(call, payload=call.late(), late=None)
         details = ""
         try:
             responses = self._invoke(call)
@@ -696,22 +1040,40 @@ class Fuzzer:
         )
         responses = stream(call.payload, timeout=call.deadline)
         received: list[bytes] = []
+        thread_id = ""
+        if call.method == SERVICE + "RunTurn" and call.note != "raw":
+            thread_id = pb.RunTurnRequest.FromString(call.payload).thread_id
         for response in responses:
             received.append(response)
+            if thread_id:
+                # As it arrives, so that a race's second call can name the turn.
+                for event in pb.RunTurnResponse.FromString(response).events:
+                    if event.HasField("turn_started"):
+                        self.pool.add_turn(_canonical(thread_id), event.turn_started.turn_id)
             if call.cancel_after is not None and len(received) > call.cancel_after:
                 responses.cancel()
         return received
 
     def _learn(self, call: Call, responses: list[bytes]) -> None:
-        """Remember threads, call ids and page tokens that the answers name."""
+        """Remember threads, turns, request ids, call ids and page tokens that
+        the calls and their answers name."""
         name = call.method.rsplit("/", 1)[-1]
-        if not responses or not call.method.startswith(SERVICE) or call.note == "raw":
+        if not call.method.startswith(SERVICE) or call.note == "raw" or name not in METHODS:
+            return
+        request: Any = METHODS[name][0].FromString(call.payload)
+        if getattr(request, "request_id", ""):
+            self.pool.add_request_id(request.request_id)
+        if not responses:
             return
         if name in ("StartThread", "SpawnThread"):
             response: Any = getattr(pb, f"{name}Response").FromString(responses[0])
             self.pool.add_thread(response.thread.id)
         elif name == "ArchiveThread":
             self.pool.archive(pb.ArchiveThreadResponse.FromString(responses[0]).thread.id)
+        elif name == "UnarchiveThread":
+            self.pool.unarchive(pb.UnarchiveThreadResponse.FromString(responses[0]).thread.id)
+        elif name == "DeleteThread":
+            self.pool.delete(_canonical(request.thread_id))
         elif name in ("ListThreads", "ListThreadItems", "ListTurns"):
             listed: Any = getattr(pb, f"{name}Response").FromString(responses[0])
             if listed.next_page_token:
@@ -722,6 +1084,14 @@ class Fuzzer:
                     if event.HasField("turn_completed"):
                         calls = event.turn_completed.pending_function_calls
                         self.pool.add_call_ids([call.call_id for call in calls])
+
+
+def _canonical(thread_id: str) -> str:
+    """A thread id as the service spells it (it reads every spelling uuid does)."""
+    try:
+        return str(uuid.UUID(thread_id))
+    except ValueError:
+        return thread_id
 
 
 def healthy(channel: grpc.Channel) -> bool:
@@ -748,6 +1118,23 @@ class Target:
             "model-service": self.model.log_text().count("Traceback"),
             "thread-service": self.thread.log_text().count("Traceback"),
         }
+
+    def traceback_excerpts(self, limit: int = 3) -> list[str]:
+        """The first `limit` tracebacks of the logs, each with the line before it."""
+        excerpts: list[str] = []
+        for name, process in (("thread-service", self.thread), ("model-service", self.model)):
+            lines = list(process.log_lines)
+            for at, line in enumerate(lines):
+                if len(excerpts) >= limit:
+                    return excerpts
+                if "Traceback" in line:
+                    end = at + 1
+                    while end < len(lines) and end - at < 60 and lines[end].startswith((" ", "\t")):
+                        end += 1
+                    end = min(end + 1, len(lines))  # the exception's own line
+                    body = "\n".join(lines[max(at - 1, 0) : end])
+                    excerpts.append(f"{name} log:\n{body}")
+        return excerpts
 
 
 def _prepare_folders(work: Path) -> list[str]:
@@ -871,6 +1258,7 @@ def fuzz(
         check_up()
     report.seconds = time.monotonic() - started
     report.tracebacks = target.tracebacks()
+    report.traceback_excerpts = target.traceback_excerpts()
     return report
 
 

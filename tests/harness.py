@@ -46,9 +46,19 @@ class LoopThread:
         return future.result(timeout)
 
     def close(self) -> None:
+        """Stop the loop as `asyncio.run` ends one: what still runs on it (a
+        server a failed test never stopped) is cancelled first."""
+        self.run(_cancel_the_rest())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The crash test (tests/crash.py) in a short form: kill -9 each service three
-times while clients run turns; no acknowledged turn may be lost and no thread
-may stay wedged. `python -m tests.crash --kills 20` is the long run."""
+times while clients run turns; no acknowledged turn may be lost, no thread
+may stay wedged and no record may be inconsistent. `python -m tests.crash
+--kills 20` is the long run."""
 
 from __future__ import annotations
 
@@ -18,3 +19,4 @@ def test_kills_lose_no_acknowledged_turn_and_wedge_no_thread(
     assert len(result.tally.acknowledged) > 0, table
     assert result.lost == [], table
     assert result.wedged == [], table
+    assert result.inconsistent == [], table

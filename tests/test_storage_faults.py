@@ -121,6 +121,44 @@ def test_a_full_disk_fails_writes_clearly_and_nothing_stays_wedged(
         assert "Traceback" not in thread.log_text()
 
 
+def test_events_a_full_disk_kept_from_being_kept_as_a_turn_ran_are_replayed_whole(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """A running turn keeps its events every 250 ms, for WatchTurn. A write
+    of them that failed (here the disk was full for a moment) counted them
+    as kept all the same: the turn's end kept only the later ones, and a
+    replay began at event 8. Now a failed write is tried again, and what is
+    still not kept goes with the turn's end."""
+    with service_pair(tmp_path, ["--data-dir", str(small_disk / "data")]) as (_, thread):
+        with grpc.insecure_channel(thread.address) as channel:
+            stub = pb_grpc.ThreadServiceStub(channel)
+            root = stub.StartThread(pb.StartThreadRequest(cwd=str(tmp_path))).thread
+            words = " ".join(f"w{n}" for n in range(60))
+            stream = stub.RunTurn(
+                pb.RunTurnRequest(thread_id=root.id, input=[user(f"/slow 3 {words}")]),
+                timeout=60,
+            )
+            live = list(next(stream).events)
+            turn_id = live[0].turn_started.turn_id
+            filler = fill(small_disk)  # before the first keeping, 250 ms in
+            # A write failed (health says so), then another.
+            wait_until(lambda: health(thread.address) == NOT_SERVING, timeout=10)
+            time.sleep(0.3)
+            filler.unlink()
+            live += [event for response in stream for event in response.events]
+            assert live[-1].turn_completed.status == pb.TURN_STATUS_COMPLETED
+            replayed = [
+                event
+                for response in stub.WatchTurn(
+                    pb.WatchTurnRequest(thread_id=root.id, turn_id=turn_id), timeout=10
+                )
+                for event in response.events
+            ]
+            assert [e.sequence for e in replayed] == list(range(1, len(live) + 1))
+            assert replayed == live
+        assert "Traceback" not in thread.log_text()
+
+
 def test_a_removed_database_stops_writes_and_its_log_refuses_a_start(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with service_pair(tmp_path) as (model, thread):

@@ -287,6 +287,47 @@ async def test_writes_at_once_each_stand_or_fall_alone(store: SqlStore) -> None:
     assert await count_items(store) == 30
 
 
+async def test_a_thread_is_not_deleted_while_a_turn_runs_on_it(store: SqlStore) -> None:
+    """DeleteThread looks for a running turn before it deletes; a turn that
+    began in between must keep its record (the long fuzz run found its end
+    failing NOT_FOUND, an INTERNAL for its caller): the delete itself refuses."""
+    root = thread()
+    await store.create_thread(root)
+    running = turn_record(root.id, 1)
+    await store.begin_turn(running, [Entry.of(said("first"))])
+    with pytest.raises(FailedPrecondition, match="a turn is running") as refused:
+        await store.delete_thread(root.id)
+    assert refused.value.reason == "TURN_RUNNING"
+    assert refused.value.metadata == {"turn_id": running.id}
+    assert [t.id for t in await store.list_turns(root.id, 0, 10)] == [running.id]
+    ended = await store.finish_turn(
+        running.id, TurnStatus.COMPLETED, Usage(), None, [Entry.of(answer("done"))]
+    )
+    assert ended.status is TurnStatus.COMPLETED
+    await store.delete_thread(root.id)
+    assert await store.get_thread(root.id) is None
+
+
+async def test_events_kept_again_stay_as_first_kept(store: SqlStore) -> None:
+    """A write of a turn's events whose caller saw it fail may have been saved
+    all the same; its events then come again, with the turn's end."""
+    root = thread()
+    await store.create_thread(root)
+    running = turn_record(root.id, 1)
+    await store.begin_turn(running, [Entry.of(said("first"))])
+    await store.append_events(running.id, [(1, "one"), (2, "two")])
+    await store.append_events(running.id, [(2, "two"), (3, "three")])
+    await store.finish_turn(
+        running.id, TurnStatus.COMPLETED, Usage(), None, [], [(3, "three"), (4, "four")]
+    )
+    assert await store.read_events(running.id) == [
+        (1, "one"),
+        (2, "two"),
+        (3, "three"),
+        (4, "four"),
+    ]
+
+
 async def test_failed_and_interrupted_turns_keep_their_error(store: SqlStore) -> None:
     root = thread()
     await store.create_thread(root)

@@ -19,7 +19,7 @@ from google.rpc import status_pb2
 
 from spindle import convert
 from spindle.edge import caller
-from spindle.errors import InvalidArgument
+from spindle.errors import FailedPrecondition, InvalidArgument
 from spindle.grpc_errors import rich_status, rpc
 from spindle.model import ItemDone, TextDelta
 from spindle.v1 import common_pb2
@@ -44,6 +44,8 @@ from thread_service.validation import parse_thread_id
 # Binary metadata (`-bin`): gRPC libraries of every language base64-decode
 # it for the caller, so the value is the warning's UTF-8 text, any path in it.
 WARNING_METADATA_KEY = "spindle-warning-bin"
+# How often DeleteThread with interrupt_running interrupts turns that keep beginning.
+DELETE_ATTEMPTS = 3
 # Clients refuse headers past 8 KiB by default; the whole text is in the
 # response's `warnings` anyway.
 WARNING_METADATA_MAX_BYTES = 2048
@@ -361,8 +363,19 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
     async def DeleteThread(
         self, request: pb.DeleteThreadRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteThreadResponse:
-        await self._settle_running(request.thread_id, request.interrupt_running)
-        await self.threads.delete(request.thread_id, caller())
+        # The store refuses to delete a thread while a turn runs on it, since
+        # one may begin after the look for one; with interrupt_running, that
+        # turn is interrupted in turn.
+        for attempt in range(DELETE_ATTEMPTS):
+            await self._settle_running(request.thread_id, request.interrupt_running)
+            try:
+                await self.threads.delete(request.thread_id, caller())
+            except FailedPrecondition as exc:
+                last = attempt == DELETE_ATTEMPTS - 1
+                if exc.reason != "TURN_RUNNING" or not request.interrupt_running or last:
+                    raise
+            else:
+                break
         return pb.DeleteThreadResponse()
 
     async def _settle_running(self, thread_id: str, interrupt: bool) -> None:

@@ -207,23 +207,33 @@ class Turn:
             return Outcome(TurnStatus.FAILED, error=error, failure=SpindleError(INTERNAL_FAILURE))
         return Outcome(TurnStatus.COMPLETED, usage, outputs=tuple(outputs))
 
-    def _unflushed(self) -> list[tuple[int, str]]:
-        new = self.log.events[self._flushed :]
-        self._flushed += len(new)
-        return [(event.sequence, events.encode(event)) for event in new]
-
     def _start_flushing(self) -> None:
         if self._flushing and self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_while_running())
 
     async def _flush_while_running(self) -> None:
-        """Keep the events so far, now and then, for followers on other replicas."""
-        with contextlib.suppress(SpindleError):
-            while self._flushing:
-                pending = self._unflushed()
-                if pending:
-                    await _to_the_end(self.store.append_events(self.id, pending))
-                await asyncio.sleep(FLUSH_SECONDS)
+        """Keep the events so far, now and then, for followers on other replicas.
+        Events count as kept only once their write succeeded: a write that
+        failed is tried again, and what is still not kept goes with the end."""
+        warned = False
+        while self._flushing:
+            pending = self.log.events[self._flushed :]
+            if pending:
+                try:
+                    await _to_the_end(
+                        self.store.append_events(
+                            self.id, [(event.sequence, events.encode(event)) for event in pending]
+                        )
+                    )
+                except SpindleError as exc:
+                    if not warned:
+                        log.warning(
+                            "turn %s: its events could not be kept yet: %s", self.id, exc.message
+                        )
+                        warned = True
+                else:
+                    self._flushed += len(pending)
+            await asyncio.sleep(FLUSH_SECONDS)
 
     async def _stop_flushing(self, flusher: asyncio.Task[None]) -> None:
         """Stop keeping events now and then; a write under way finishes first,

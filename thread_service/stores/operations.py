@@ -451,6 +451,21 @@ def delete_thread(thread_id: str) -> Script[None]:
     gone = yield count(f"UPDATE threads SET deleted = 1 WHERE id = ? AND {_LIVE}", thread_id)
     if not gone:
         raise NotFound(f"thread {thread_id} does not exist", reason="THREAD_NOT_FOUND")
+    # Checked here, in the transaction that deletes, after the thread's row is
+    # locked (a turn's start locks it too): a turn that began after the caller
+    # looked for one must not lose its record, and its end its turn, meanwhile.
+    running = yield one(
+        "SELECT id FROM turns WHERE thread_id = ? AND status = ?",
+        thread_id,
+        TurnStatus.RUNNING.value,
+    )
+    if running is not None:
+        raise FailedPrecondition(
+            f"a turn is running on thread {thread_id}; interrupt it first, or set "
+            "interrupt_running",
+            reason="TURN_RUNNING",
+            metadata={"turn_id": running["id"]},
+        )
     yield Statement("DELETE FROM thread_labels WHERE thread_id = ?", (thread_id,))
     yield Statement(
         "DELETE FROM turn_events WHERE turn_id IN (SELECT id FROM turns WHERE thread_id = ?)",
@@ -724,8 +739,12 @@ def finish_turn(
 
 
 def append_events(turn_id: str, events: Sequence[tuple[int, str]]) -> Script[None]:
+    """Keep a turn's events. An event kept already stays as it is: a write
+    that failed as far as its caller knows may have been saved all the same,
+    and its events then come again (with the turn's end)."""
     yield batch(
-        "INSERT INTO turn_events (turn_id, seq, body) VALUES (?, ?, ?)",
+        "INSERT INTO turn_events (turn_id, seq, body) VALUES (?, ?, ?) "
+        "ON CONFLICT (turn_id, seq) DO NOTHING",
         [(turn_id, seq, body) for seq, body in events],
     )
 
