@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from spindle import items, model
 from spindle.errors import InvalidArgument
+from spindle.slices import slices
 from spindle.v1 import common_pb2 as pb
 from spindle.v1 import model_service_pb2 as model_pb
 
@@ -107,12 +108,36 @@ def request_to_pb(
 ) -> model_pb.GenerateRequest:
     """The request on the wire: with its base (unless `with_base` is False),
     only the items after the base's."""
+    message, sent = _request_head(request, with_base)
+    message.input.extend(item_to_pb(i) for i in sent)
+    return message
+
+
+# Items `request_to_pb_in_slices` converts at a time: about 1 ms.
+REQUEST_SLICE = 500
+
+
+async def request_to_pb_in_slices(
+    request: model.ModelRequest, *, with_base: bool = True
+) -> model_pb.GenerateRequest:
+    """`request_to_pb`, a slice of the items at a time (see `spindle.slices`):
+    a whole history of 50,000 items (a fork's first turn) takes about 100 ms
+    to convert."""
+    message, sent = _request_head(request, with_base)
+    async for part in slices(sent, REQUEST_SLICE):
+        message.input.extend(item_to_pb(i) for i in part)
+    return message
+
+
+def _request_head(
+    request: model.ModelRequest, with_base: bool
+) -> tuple[model_pb.GenerateRequest, tuple[items.Item, ...]]:
+    """The request without its items, and the items it carries."""
     base = request.base if with_base else None
     sent = request.input[base.item_count :] if base is not None else request.input
     message = model_pb.GenerateRequest(
         model=request.model,
         instructions=request.instructions,
-        input=[item_to_pb(i) for i in sent],
         tools=[tool_to_pb(t) for t in request.tools],
         prompt_cache_key=request.prompt_cache_key,
         thread_id=request.thread_id,
@@ -123,7 +148,7 @@ def request_to_pb(
     if base is not None:
         message.base.item_count = base.item_count
         message.base.history_digest = base.history_digest
-    return message
+    return message, sent
 
 
 # Identity fields travel as HTTP headers and into log lines: printable ASCII
