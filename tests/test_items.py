@@ -64,3 +64,23 @@ def test_a_request_converted_a_slice_at_a_time_is_the_request_converted_at_once(
         sliced = asyncio.run(convert.request_to_pb_in_slices(request, with_base=with_base))
         assert sliced == convert.request_to_pb(request, with_base=with_base)
         assert len(sliced.input) == len(history) - (4 if with_base else 0)
+
+
+def test_a_request_read_a_slice_at_a_time_is_the_request_read_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(convert, "REQUEST_SLICE", 3)
+    message = convert.request_to_pb(
+        model.ModelRequest(
+            model="spindle-echo",
+            instructions="be brief",
+            input=tuple(EVERY_KIND) * 2,
+            prompt_cache_key="key",
+            thread_id="thread",
+            window_id="thread:0",
+            history_digest=b"digest",
+        )
+    )
+    assert asyncio.run(convert.request_from_pb_in_slices(message)) == convert.request_from_pb(
+        message
+    )
