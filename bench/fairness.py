@@ -333,6 +333,11 @@ def heavy_pooled(phases: Sequence[Phase]) -> dict[str, Series]:
     return found
 
 
+def figures(series: Series) -> dict[str, Any]:
+    """A series as JSON; one with no calls (a kind a short phase never got to) as n = 0."""
+    return series.as_json() if series.latencies else {"n": 0, "wall_s": round(series.wall, 3)}
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a"
 
@@ -485,11 +490,11 @@ class Report:
                         "load": p.load,
                         "heavy": None
                         if p.heavy is None
-                        else {k: s.as_json() for k, s in p.heavy.series.items()},
+                        else {k: figures(s) for k, s in p.heavy.series.items()},
                     }
                     for p in self.phases
                 ],
-                "heavy": {k: s.as_json() for k, s in heavy_pooled(self.phases).items()},
+                "heavy": {k: figures(s) for k, s in heavy_pooled(self.phases).items()},
                 "lines": self.lines(),
             },
         )
