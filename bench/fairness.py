@@ -2,13 +2,15 @@
 
 Issue 10. One model-service and one thread-service (SQLite, every setting at
 its default) on loopback; a thread of 50,000 items written through the store
-before the thread-service starts (`bench.history`). Phases alternate,
-unloaded then loaded, each on a freshly started thread-service (same data),
-so that every loaded phase begins with the huge thread's history out of the
+before the thread-service starts (`bench.history`). Each round runs three
+phases, each on a freshly started thread-service (same data), so that every
+loaded phase begins with the huge thread's history out of the
 thread-service's cache:
 
 - unloaded: this process, the small client, runs small turns one at a time,
   each on a fresh thread (`StartThread`, not timed, then the timed `RunTurn`);
+- busy core: the same, while a process of no concern to Spindle burns one
+  core: for scale, what CPU contention alone does to a small turn here;
 - loaded: the same, while another client, a process of its own
   (`--heavy-client`), works the huge thread without pause, one call at a
   time: a turn on it (the first after the restart reads its whole history
@@ -63,9 +65,11 @@ from spindle.v1 import thread_service_pb2_grpc as pb_grpc
 T = TypeVar("T")
 
 TARGET_RATIO = 2.0  # loaded p99 / unloaded p99 of a small turn (issue 10)
+PHASES = ("unloaded", "busy core", "loaded")
 SMALL_TEXT = "hello, how are you today?"
 HEAVY_TEXT = "and what does the next step of the plan change?"
 WORKING = "heavy client: working"
+BURNING = "busy core: burning"
 HEAVY_KINDS = (
     "first turn on the huge thread",
     "turn on the huge thread",
@@ -82,7 +86,7 @@ class Counts:
     """The run's size; `--quick` shrinks it for a smoke run."""
 
     items: int  # the huge thread's history
-    rounds: int  # unloaded and loaded phase pairs
+    rounds: int  # of the three phases
     seconds: float  # each phase's timed small turns run this long...
     turns: int  # ...and at least this many
     warmup: int  # untimed small turns at the start of each phase
@@ -208,7 +212,7 @@ class Heavy:
 @dataclass
 class Phase:
     round: int
-    loaded: bool
+    kind: str  # one of PHASES
     small: Series
     cores: dict[str, float]  # CPU seconds per second of the phase, by process
     load: str  # the machine's, as the phase began
@@ -216,7 +220,7 @@ class Phase:
 
     @property
     def name(self) -> str:
-        return f"round {self.round}, {'loaded' if self.loaded else 'unloaded'}"
+        return f"round {self.round}, {self.kind}"
 
 
 @dataclass
@@ -248,11 +252,19 @@ class Services:
             *("--page-size", str(self.counts.page_size)),
             *("--out", str(out)),
         ]
-        process = Process(f"heavy-client-{self.started}", "bench.fairness", args, self.tmp)
+        return self._helper(f"heavy-client-{self.started}", args, WORKING)
+
+    def busy_core(self) -> Process:
+        """A process that burns one core until stopped (`--burn-core`)."""
+        return self._helper(f"busy-core-{self.started}", ["--burn-core"], BURNING)
+
+    def _helper(self, label: str, args: Sequence[str], ready: str) -> Process:
+        """`python -m bench.fairness ARGS`, once it logged `ready`."""
+        process = Process(label, "bench.fairness", args, self.tmp)
         deadline = time.monotonic() + 30
-        while WORKING not in process.log_text():
+        while ready not in process.log_text():
             if process.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the heavy client did not start:\n{process.log_text()}")
+                raise RuntimeError(f"{label} did not start:\n{process.log_text()}")
             time.sleep(0.01)
         return process
 
@@ -280,31 +292,36 @@ async def small_turns(
 
 
 async def measure_phase(
-    services: Services, thread: Process, round_: int, loaded: bool, cwd: Path
+    services: Services, thread: Process, round_: int, kind: str, cwd: Path
 ) -> Phase:
     counts = services.counts
     pids = {"thread-service": thread.pid, "model-service": services.model.pid}
     pids["small client"] = os.getpid()
-    small = Series(f"small turn, {'loaded' if loaded else 'unloaded'}")
+    small = Series(f"small turn, {kind}")
     heavy: Process | None = None
+    burner: Process | None = None
     out = services.tmp / f"heavy-{services.started}.json"
     async with channel(thread.address) as ch:
         stub = pb_grpc.ThreadServiceStub(ch)
         await small_turns(stub, cwd, counts.warmup, None)
         await CpuMeter(pids).settle()
         load = load_text()
-        if loaded:
+        if kind == "loaded":
             heavy = services.heavy_client(thread.address, out)
             pids["heavy client"] = heavy.pid
+        elif kind == "busy core":
+            burner = services.busy_core()
+            pids["busy core"] = burner.pid
         meter = CpuMeter(pids)
         try:
             async with meter.charging(small):
                 await small_turns(stub, cwd, counts.turns, small.latencies, seconds=counts.seconds)
         finally:
-            if heavy is not None:
-                heavy.stop()
+            for process in (heavy, burner):
+                if process is not None:
+                    process.stop()
     cores = {label: spent / small.wall for label, spent in small.cpu.items()}
-    phase = Phase(round_, loaded, small, cores, load)
+    phase = Phase(round_, kind, small, cores, load)
     if heavy is not None:
         phase.heavy = Heavy.read(out)
     return phase
@@ -313,10 +330,10 @@ async def measure_phase(
 # -- the report --------------------------------------------------------------
 
 
-def pooled(phases: Sequence[Phase], loaded: bool) -> Series:
-    series = Series(f"small turn, {'loaded' if loaded else 'unloaded'}, all rounds")
+def pooled(phases: Sequence[Phase], kind: str) -> Series:
+    series = Series(f"small turn, {kind}, all rounds")
     for phase in phases:
-        if phase.loaded == loaded:
+        if phase.kind == kind:
             series.latencies += phase.small.latencies
             series.wall += phase.small.wall
     return series
@@ -359,7 +376,7 @@ class Report:
             "a thread-service (SQLite, default settings) started afresh for each phase on "
             "the same data; the small client (this process, one grpc.aio channel, one call "
             "at a time); in loaded phases the heavy client (a process of its own, one call "
-            "at a time)",
+            "at a time); in busy-core phases a process spinning a Python loop",
             f"the huge thread: {self.counts.items:,} items (user messages and final "
             f"answers) written through the store before the services started, in "
             f"{self.built:.1f} s",
@@ -382,8 +399,8 @@ class Report:
             s = phase.small
             cores = ", ".join(f"{k} {v:.2f}" for k, v in phase.cores.items())
             table.add(phase.name, *self._figures(s), phase.load, cores)
-        for loaded in (False, True):
-            s = pooled(self.phases, loaded)
+        for kind in PHASES:
+            s = pooled(self.phases, kind)
             table.add(s.name, *self._figures(s), "", "")
         return table
 
@@ -411,7 +428,7 @@ class Report:
         return table
 
     def lines(self) -> list[str]:
-        unloaded, loaded = pooled(self.phases, False), pooled(self.phases, True)
+        unloaded, busy, loaded = (pooled(self.phases, kind) for kind in PHASES)
         target = loaded.p(99) / unloaded.p(99) <= TARGET_RATIO
         found = [
             f"small turn p99, loaded / unloaded: {ratio(loaded.p(99), unloaded.p(99))} "
@@ -420,13 +437,18 @@ class Report:
             f"small turn p50, loaded / unloaded: {ratio(loaded.p(50), unloaded.p(50))} "
             f"({ms(loaded.p(50))} / {ms(unloaded.p(50))} ms)",
         ]
-        unloaded_by_round = {p.round: p for p in self.phases if not p.loaded}
+        unloaded_by_round = {p.round: p for p in self.phases if p.kind == "unloaded"}
         per_round = [
             ratio(p.small.p(99), unloaded_by_round[p.round].small.p(99))
             for p in self.phases
-            if p.loaded
+            if p.kind == "loaded"
         ]
         found.append(f"p99 ratio of each round (loaded / its unloaded): {', '.join(per_round)}")
+        found.append(
+            f"for scale, one core busy in another process: small turn p99 "
+            f"{ratio(busy.p(99), unloaded.p(99))} unloaded ({ms(busy.p(99))} ms), p50 "
+            f"{ratio(busy.p(50), unloaded.p(50))} ({ms(busy.p(50))} ms)"
+        )
         heavies = [p.heavy for p in self.phases if p.heavy is not None]
         wall = sum(h.wall for h in heavies)
         cycles = sum(h.cycles for h in heavies)
@@ -471,7 +493,7 @@ class Report:
         return "\n".join(lines)
 
     def write_json(self, path: Path) -> None:
-        unloaded, loaded = pooled(self.phases, False), pooled(self.phases, True)
+        unloaded, busy, loaded = (pooled(self.phases, kind) for kind in PHASES)
         write_json(
             path,
             {
@@ -480,11 +502,15 @@ class Report:
                 "target_p99_ratio": TARGET_RATIO,
                 "p99_ratio": loaded.p(99) / unloaded.p(99),
                 "p50_ratio": loaded.p(50) / unloaded.p(50),
-                "small": {"unloaded": unloaded.as_json(), "loaded": loaded.as_json()},
+                "small": {
+                    "unloaded": unloaded.as_json(),
+                    "busy core": busy.as_json(),
+                    "loaded": loaded.as_json(),
+                },
                 "phases": [
                     {
                         "round": p.round,
-                        "loaded": p.loaded,
+                        "phase": p.kind,
                         "small": p.small.as_json(),
                         "cores": {k: round(v, 3) for k, v in p.cores.items()},
                         "load": p.load,
@@ -520,10 +546,10 @@ def run(counts: Counts, command: str) -> Report:
         services = Services(tmp, where, model, huge, counts)
         phases = []
         for round_ in range(1, counts.rounds + 1):
-            for loaded in (False, True):
+            for kind in PHASES:
                 thread = services.thread_service()
                 try:
-                    phases.append(asyncio.run(measure_phase(services, thread, round_, loaded, cwd)))
+                    phases.append(asyncio.run(measure_phase(services, thread, round_, kind, cwd)))
                 finally:
                     thread.stop()
     return Report(counts, command, load_before, built, phases)
@@ -536,11 +562,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--thread", help=argparse.SUPPRESS)
     parser.add_argument("--page-size", type=int, default=1000, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--burn-core", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.burn_core:
+        print(BURNING, file=sys.stderr, flush=True)
+        while True:  # until SIGTERM
+            pass
     if args.heavy_client:
         done = asyncio.run(heavy_client(args.heavy_client, args.thread, args.page_size))
         args.out.write_text(json.dumps(done))

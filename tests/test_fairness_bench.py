@@ -26,14 +26,15 @@ def test_the_quick_run_completes_and_prints_its_lines(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-4000:]
     out = done.stdout
-    for phase in ("round 1, unloaded", "round 1, loaded"):
+    for phase in ("round 1, unloaded", "round 1, busy core", "round 1, loaded"):
         assert re.search(rf"^  {phase} +\d+ +[\d.]+ +[\d.]+", out, re.MULTILINE), out
     for kind in HEAVY_KINDS:
         assert re.search(rf"^  {re.escape(kind)} +\d+", out, re.MULTILINE), out
     target = r"^  small turn p99, loaded / unloaded: [\d.]+x \(.*target <= 2x: (met|missed)\)"
     assert re.search(target, out, re.MULTILINE), out
     assert re.search(r"^  heavy client: \d+ whole rounds", out, re.MULTILINE), out
+    assert re.search(r"^  for scale, one core busy in another process: ", out, re.MULTILINE), out
     assert "load average (1 min):" in out
     data = json.loads(figures.read_text())
-    assert data["small"]["loaded"]["n"] > 0 and data["small"]["unloaded"]["n"] > 0
+    assert all(data["small"][phase]["n"] > 0 for phase in ("unloaded", "busy core", "loaded"))
     assert set(data["heavy"]) == set(HEAVY_KINDS)
