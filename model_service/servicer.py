@@ -35,13 +35,13 @@ class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        model_request = convert.request_from_pb(request)
+        model_request = await convert.request_from_pb_in_slices(request)
         call = self.calls.started(model_request)
         provider, served = "-", Served()
         usage, outcome = Usage(), "CANCELLED"
         try:
             provider = self.router.provider_name(model_request.model)
-            model_request = self.windows.complete(model_request)
+            model_request = await self.windows.complete(model_request)
             stream = self.router.providers[provider].stream(model_request, served)
             async with asyncio.timeout(context.time_remaining()), aclosing(stream):
                 # While an upstream thinks, the response headers go out, so

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from spindle import items
 from spindle.errors import FailedPrecondition
 from spindle.model import WINDOW_NOT_HELD, ModelRequest
+from spindle.slices import slices
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,17 +44,22 @@ class Windows:
     def bytes(self) -> int:
         return self._bytes
 
-    def complete(self, request: ModelRequest) -> ModelRequest:
+    async def complete(self, request: ModelRequest) -> ModelRequest:
         """The request with its whole history: the held base's items, then
         those it carries. Keeps that history for the window's next request
         when the request names its digest. FailedPrecondition (WINDOW_NOT_HELD)
         when the base is not the history held."""
+        # Sizing a whole history of 50,000 items takes about 20 ms: a slice at a
+        # time (see `spindle.slices`), before anything held is touched.
+        new_size = sum(
+            [sum(map(items.size_of, part)) async for part in slices(request.input, 2000)]
+        )
         held = self._held.pop(request.window_id, None) if request.window_id else None
         if held is not None:
             self._bytes -= held.size
         base = request.base
         if base is None:
-            history, size = request.input, sum(items.size_of(i) for i in request.input)
+            history, size = request.input, new_size
         else:
             if (
                 held is None
@@ -66,7 +72,7 @@ class Windows:
                     reason=WINDOW_NOT_HELD,
                 )
             history = held.history + request.input
-            size = held.size + sum(items.size_of(i) for i in request.input)
+            size = held.size + new_size
         if request.history_digest and request.window_id and size <= self.max_bytes:
             self._held[request.window_id] = _Held(history, request.history_digest, size)
             self._bytes += size

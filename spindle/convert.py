@@ -6,11 +6,13 @@ Bad input raises `InvalidArgument`, so a caller gets a clear status.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 
 from spindle import items, model
 from spindle.errors import InvalidArgument
+from spindle.slices import slices
 from spindle.v1 import common_pb2 as pb
 from spindle.v1 import model_service_pb2 as model_pb
 
@@ -107,12 +109,36 @@ def request_to_pb(
 ) -> model_pb.GenerateRequest:
     """The request on the wire: with its base (unless `with_base` is False),
     only the items after the base's."""
+    message, sent = _request_head(request, with_base)
+    message.input.extend(item_to_pb(i) for i in sent)
+    return message
+
+
+# Items `request_to_pb_in_slices` converts at a time: about 1 ms.
+REQUEST_SLICE = 500
+
+
+async def request_to_pb_in_slices(
+    request: model.ModelRequest, *, with_base: bool = True
+) -> model_pb.GenerateRequest:
+    """`request_to_pb`, a slice of the items at a time (see `spindle.slices`):
+    a whole history of 50,000 items (a fork's first turn) takes about 100 ms
+    to convert."""
+    message, sent = _request_head(request, with_base)
+    async for part in slices(sent, REQUEST_SLICE):
+        message.input.extend(item_to_pb(i) for i in part)
+    return message
+
+
+def _request_head(
+    request: model.ModelRequest, with_base: bool
+) -> tuple[model_pb.GenerateRequest, tuple[items.Item, ...]]:
+    """The request without its items, and the items it carries."""
     base = request.base if with_base else None
     sent = request.input[base.item_count :] if base is not None else request.input
     message = model_pb.GenerateRequest(
         model=request.model,
         instructions=request.instructions,
-        input=[item_to_pb(i) for i in sent],
         tools=[tool_to_pb(t) for t in request.tools],
         prompt_cache_key=request.prompt_cache_key,
         thread_id=request.thread_id,
@@ -123,7 +149,7 @@ def request_to_pb(
     if base is not None:
         message.base.item_count = base.item_count
         message.base.history_digest = base.history_digest
-    return message
+    return message, sent
 
 
 # Identity fields travel as HTTP headers and into log lines: printable ASCII
@@ -135,6 +161,22 @@ _MAX_DIGEST = 64
 def request_from_pb(message: model_pb.GenerateRequest) -> model.ModelRequest:
     """The request as sent: with a base, `input` holds only the items after
     it (the model-service's `Windows` puts the base's items back in front)."""
+    request = _request_without_input(message)
+    return dataclasses.replace(request, input=tuple(item_from_pb(i) for i in message.input))
+
+
+async def request_from_pb_in_slices(message: model_pb.GenerateRequest) -> model.ModelRequest:
+    """`request_from_pb`, a slice of the items at a time (see `spindle.slices`):
+    a whole history of 50,000 items takes about 100 ms to convert."""
+    request = _request_without_input(message)
+    found: list[items.Item] = []
+    async for part in slices(message.input, REQUEST_SLICE):
+        found.extend(item_from_pb(i) for i in part)
+    return dataclasses.replace(request, input=tuple(found))
+
+
+def _request_without_input(message: model_pb.GenerateRequest) -> model.ModelRequest:
+    """The request, checked, with its `input` left empty."""
     if not message.prompt_cache_key:
         raise InvalidArgument("prompt_cache_key is required")
     if not message.thread_id:
@@ -160,7 +202,7 @@ def request_from_pb(message: model_pb.GenerateRequest) -> model.ModelRequest:
     return model.ModelRequest(
         model=message.model,
         instructions=message.instructions,
-        input=tuple(item_from_pb(i) for i in message.input),
+        input=(),
         prompt_cache_key=message.prompt_cache_key,
         thread_id=message.thread_id,
         window_id=message.window_id,

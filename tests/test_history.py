@@ -12,6 +12,7 @@ import pytest
 
 from spindle import items
 from spindle.model import Completed, ItemDone, ModelEvent, ModelRequest, TextDelta, Usage
+from thread_service import history as history_module
 from thread_service.events import TurnCompleted
 from thread_service.history import Histories, History
 from thread_service.records import ThreadRecord, TurnStatus
@@ -177,3 +178,19 @@ def test_histories_read_from_the_store_start_lineages_of_their_own() -> None:
     assert History.read(1, history).digest != History.read(1, history).digest
     extended = History.read(1, history)
     assert extended.extended([said("two")], 2).digest == extended.extended([said("two")], 2).digest
+
+
+async def test_a_history_loaded_a_slice_at_a_time_is_the_history_read_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Calls opened in one slice and answered in another, and one left open.
+    monkeypatch.setattr(history_module, "LOAD_SLICE", 4)
+    history: list[items.Item] = []
+    for n in range(7):
+        history += [said(f"q{n}"), items.FunctionCall(f"call_{n}", "search", "{}")]
+        if n != 3:
+            history += [said("meanwhile"), items.FunctionCallOutput(f"call_{n}", "found")]
+    loaded, read = await History.load(9, history), History.read(9, history)
+    assert (loaded.version, loaded.items, loaded.size) == (9, tuple(history), read.size)
+    assert loaded.open_calls == read.open_calls == {"call_3"}
+    assert loaded.digest != read.digest  # each starts a lineage of its own

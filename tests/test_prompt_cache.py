@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from model_service.prompt_cache import (
     BLOCK_TOKENS,
     MIN_CACHED_TOKENS,
@@ -9,6 +13,7 @@ from model_service.prompt_cache import (
     PromptCache,
     prefix_digests,
 )
+from model_service.providers import embedded
 from model_service.tokenizer import (
     count_tokens,
     render_instructions,
@@ -17,6 +22,7 @@ from model_service.tokenizer import (
     tokenize,
 )
 from spindle import items
+from spindle.model import Completed, ModelRequest, Usage
 
 
 def tokens(n: int, prefix: str = "t") -> list[str]:
@@ -124,3 +130,30 @@ def test_prefixes_extended_bit_by_bit_are_those_of_the_whole() -> None:
     assert prefixes.count == 3000
     assert prefixes.digests == prefix_digests(whole)
     assert [length for length, _ in prefixes.digests] == list(range(1024, 3000, 128))
+
+
+def test_the_embedded_provider_tokenizes_a_long_history_a_slice_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Slices of 3 items: the prompt's tokens, and what a later request of the
+    same key finds cached, are those of the whole prompt."""
+    monkeypatch.setattr(embedded, "TOKENIZE_SLICE", 3)
+    provider = embedded.EmbeddedProvider()
+    history = tuple(
+        items.Message(items.Role.USER, f"question {n}: " + "some words of the plan " * 12)
+        for n in range(20)
+    )
+
+    def request(thread_id: str, input_items: tuple[items.Item, ...]) -> ModelRequest:
+        return ModelRequest("spindle-echo", "be brief", input_items, "key", thread_id, "")
+
+    async def usage(thread_id: str, input_items: tuple[items.Item, ...]) -> Usage:
+        batches = [b async for b in provider.stream(request(thread_id, input_items))]
+        completed = batches[-1][-1]
+        assert isinstance(completed, Completed)
+        return completed.usage
+
+    first = asyncio.run(usage("a", history))
+    assert first.input_tokens == count_tokens(render_prompt("be brief", history))
+    again = asyncio.run(usage("b", (*history, items.Message(items.Role.USER, "and now?"))))
+    assert again.cached_input_tokens == first.input_tokens // 128 * 128

@@ -29,7 +29,7 @@ from thread_service.records import (
 )
 from thread_service.store import ForkSource, ThreadFilter
 from thread_service.stores import operations as ops
-from thread_service.stores import schema
+from thread_service.stores import schema, sql_store
 from thread_service.stores.operations import Script, Statement
 from thread_service.stores.postgres import PostgresStore
 from thread_service.stores.sql_store import SqlStore
@@ -246,6 +246,42 @@ async def test_history_reads_from_an_offset(store: SqlStore) -> None:
     for offset in range(0, 13):
         for limit in (1, 3, 20):
             assert await history(store, fork.id, offset, limit) == whole[offset:][:limit]
+
+
+async def test_a_whole_history_read_a_slice_at_a_time_is_the_history_read_at_once(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Slices of 3 items, so that every run below takes several and some end
+    # on a run's edge or on items a fork skips.
+    monkeypatch.setattr(sql_store, "HISTORY_SLICE", 3)
+    root = thread()
+    await store.create_thread(root)
+    for n in range(1, 8):
+        work: list[items.Item] = []
+        if n % 2:  # items a fork does not inherit, between those it does
+            work = [items.FunctionCall(f"call_{n}", "search", "{}")]
+            work.append(items.FunctionCallOutput(f"call_{n}", "found"))
+        await play(store, root.id, n, *work, answer(f"root {n}"))
+    fork = child_of(root, 1)
+    await store.create_fork(fork, ForkSource(root.id))
+    for n in range(10, 14):
+        await play(store, fork.id, n, answer(f"fork {n}"))
+    fork_of_fork = child_of(fork, 2)
+    await store.create_fork(fork_of_fork, ForkSource(fork.id))
+    await play(store, fork_of_fork.id, 20, answer("own"))
+    for thread_id, length in [(root.id, 22), (fork.id, 22), (fork_of_fork.id, 24)]:
+        at_once = await store.read_history(thread_id, 0, 1000)  # one transaction
+        assert len(at_once) == length
+        assert await store.read_history(thread_id) == at_once
+        version = (await store.get_thread(thread_id)).version  # type: ignore[union-attr]
+        assert await store.read_history(thread_id, version=version) == at_once
+        # One own item fewer: the inherited items come first, so the last one goes.
+        assert await store.read_history(thread_id, version=version - 1) == at_once[:-1]
+    texts = [i.text for i in await history(store, fork_of_fork.id) if isinstance(i, items.Message)]
+    assert texts[:4] == ["question 1", "root 1", "question 2", "root 2"]
+    assert texts[-2:] == ["question 20", "own"]
+    # A thread that does not exist has no history.
+    assert await store.read_history("10000000-0000-4000-8000-00000000ffff") == []
 
 
 async def test_one_running_turn_per_thread_and_nothing_appended_for_the_refused(

@@ -28,7 +28,9 @@ from tests.rpc import (
     turn,
     user,
 )
+from thread_service import servicer
 from thread_service.servicer import WARNING_METADATA_KEY, WARNING_METADATA_MAX_BYTES
+from thread_service.stores import sql_store
 
 MISSING = "00000000-0000-4000-8000-000000000000"
 
@@ -228,6 +230,31 @@ def test_list_thread_items_pages_through_inherited_and_own_items(
     ).next_page_token
     with raises_status(grpc.StatusCode.INVALID_ARGUMENT):
         stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=child.id, page_token=root_token))
+
+
+def test_long_histories_are_read_and_listed_a_slice_at_a_time(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Slices of 2 items: the fork's first turn reads its history in several
+    # (see `SqlStore.read_history`), and each page is converted in several.
+    monkeypatch.setattr(sql_store, "HISTORY_SLICE", 2)
+    monkeypatch.setattr(servicer, "ITEMS_SLICE", 2)
+    stub = stack.threads
+    root = start(stub, tmp_path)
+    for i in range(4):
+        turn(stub, root.id, user(f"q{i}"))
+    child = stub.SpawnThread(fork(root.id)).thread
+    assert turn(stub, child.id, user("mine"))[-1].turn_completed.status == pb.TURN_STATUS_COMPLETED
+    expected = [text for i in range(4) for text in (f"q{i}", f"echo: q{i}")]
+    expected += ["mine", "echo: mine"]
+    whole = stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=child.id)).items
+    assert [i.message.text for i in whole] == expected
+    first = stub.ListThreadItems(pb.ListThreadItemsRequest(thread_id=child.id, page_size=5))
+    rest = stub.ListThreadItems(
+        pb.ListThreadItemsRequest(thread_id=child.id, page_token=first.next_page_token)
+    )
+    assert [i.message.text for i in [*first.items, *rest.items]] == expected
+    assert [i.id for i in [*first.items, *rest.items]] == [i.id for i in whole]
 
 
 def test_run_turn_streams_deltas_items_and_usage(stack: Stack, tmp_path: Path) -> None:

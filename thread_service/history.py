@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from spindle.items import FunctionCall, FunctionCallOutput, Item, size_of
 from spindle.model import WindowBase, history_digest
+from spindle.slices import slices
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,16 @@ class History:
         """A history as read from the store."""
         return _EMPTY.extended(history, version, digest=os.urandom(16))
 
+    @classmethod
+    async def load(cls, version: int, history: Sequence[Item]) -> History:
+        """`read`, a slice of the items at a time (see `spindle.slices`):
+        sizing 50,000 items takes about 20 ms."""
+        calls: set[str] = set()
+        size = 0
+        async for part in slices(history, LOAD_SLICE):
+            size += _account(part, calls)
+        return History(version, tuple(history), size, frozenset(calls), os.urandom(16))
+
     def extended(
         self,
         new: Sequence[Item],
@@ -58,15 +69,11 @@ class History:
         """This history with `new` items appended, at `version`. `whole`: the
         items with `new` appended, when the caller has them already."""
         calls = set(self.open_calls)
-        for item in new:
-            if isinstance(item, FunctionCall):
-                calls.add(item.call_id)
-            elif isinstance(item, FunctionCallOutput):
-                calls.discard(item.call_id)
+        size = _account(new, calls)
         return History(
             version,
             self.items + tuple(new) if whole is None else whole,
-            self.size + sum(size_of(item) for item in new),
+            self.size + size,
             frozenset(calls),
             history_digest(new, self.digest) if digest is None else digest,
             self.window_id,
@@ -80,6 +87,19 @@ class History:
 
 
 _EMPTY = History(0, (), 0, frozenset(), b"")
+# Items `History.load` sizes at a time: about 1 ms.
+LOAD_SLICE = 2000
+
+
+def _account(new: Sequence[Item], calls: set[str]) -> int:
+    """The bytes of `new`; the function calls it opens added to `calls`, those
+    it answers taken out."""
+    for item in new:
+        if isinstance(item, FunctionCall):
+            calls.add(item.call_id)
+        elif isinstance(item, FunctionCallOutput):
+            calls.discard(item.call_id)
+    return sum(size_of(item) for item in new)
 
 
 class Histories:

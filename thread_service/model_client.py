@@ -146,7 +146,7 @@ class ModelServiceClient:
             tracing.inject_metadata(metadata)
         with_base = request.base is not None
         while True:
-            message = convert.request_to_pb(request, with_base=with_base)
+            message = await convert.request_to_pb_in_slices(request, with_base=with_base)
             call = self._stub().Generate(message, metadata=metadata, timeout=self.access.timeout)
             try:
                 async for response in call:

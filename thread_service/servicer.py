@@ -22,6 +22,7 @@ from spindle.edge import caller
 from spindle.errors import FailedPrecondition, InvalidArgument
 from spindle.grpc_errors import rich_status, rpc
 from spindle.model import ItemDone, TextDelta
+from spindle.slices import slices
 from spindle.v1 import common_pb2
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
@@ -40,6 +41,9 @@ from thread_service.records import (
 from thread_service.threads import ForkMode, ForkOptions, Threads
 from thread_service.turns import Busy, Disconnect, Turns
 from thread_service.validation import parse_thread_id
+
+# Items of a page converted at a time (see `spindle.slices`): about 1 ms.
+ITEMS_SLICE = 300
 
 # Binary metadata (`-bin`): gRPC libraries of every language base64-decode
 # it for the caller, so the value is the warning's UTF-8 text, any path in it.
@@ -340,9 +344,10 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
             page_token=request.page_token,
             caller=caller(),
         )
-        return pb.ListThreadItemsResponse(
-            items=[stored_item_to_pb(s) for s in found], next_page_token=token
-        )
+        response = pb.ListThreadItemsResponse(next_page_token=token)
+        async for part in slices(found, ITEMS_SLICE):  # 1,000 items take about 3 ms
+            response.items.extend(stored_item_to_pb(s) for s in part)
+        return response
 
     @rpc
     async def ArchiveThread(

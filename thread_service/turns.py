@@ -214,7 +214,7 @@ class Turns:
         if kept is not None:
             return kept
         stored = await self.store.read_history(thread.id, version=thread.version)
-        return History.read(thread.version, [entry.item for entry in stored])
+        return await History.load(thread.version, [entry.item for entry in stored])
 
     def _model_request(
         self,

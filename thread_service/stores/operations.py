@@ -536,10 +536,27 @@ def _history_parts(thread_id: str, own_upto: int | None) -> Script[list[Part]]:
     return parts
 
 
+# A history item as read: its source thread and its row, not decoded yet.
+# Decoding costs far more than reading (see `SqlStore.read_history`).
+RawItem = tuple[str, Row]
+
+
+def decode_items(raw: Sequence[RawItem]) -> list[StoredItem]:
+    return [
+        StoredItem(
+            items.from_json(json.loads(row["body"])),
+            f"{source}/{row['seq']}",
+            row["turn_id"],
+            row["created_at"],
+        )
+        for source, row in raw
+    ]
+
+
 def read_history(
     thread_id: str, offset: int, limit: int | None, own_upto: int | None = None
-) -> Script[list[StoredItem]]:
-    result: list[StoredItem] = []
+) -> Script[list[RawItem]]:
+    result: list[RawItem] = []
     skip = offset
     wanted = NO_LIMIT if limit is None else limit
     for source, where, params in (yield from _history_parts(thread_id, own_upto)):
@@ -558,16 +575,48 @@ def read_history(
             skip,
         )
         skip = 0
-        result.extend(
-            StoredItem(
-                items.from_json(json.loads(row["body"])),
-                f"{source}/{row['seq']}",
-                row["turn_id"],
-                row["created_at"],
-            )
-            for row in stored
-        )
+        result.extend((source, row) for row in stored)
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRun:
+    """A run of a thread's history: `source`'s items with seq from `start` up
+    to `end`; of an inherited run, only those a fork inherits."""
+
+    source: str
+    start: int
+    end: int
+    inherited: bool
+
+
+def history_runs(thread_id: str, own_upto: int | None) -> Script[list[HistoryRun]]:
+    """The runs of a thread's whole history, in order: the inherited segments,
+    then its own items (those before `own_upto`, else all it has now). None of
+    these items ever changes once written, so the runs can be read apart."""
+    inherited = yield from _segments(thread_id)
+    if own_upto is None:
+        row = yield one("SELECT item_count FROM threads WHERE id = ?", thread_id)
+        own_upto = int(row["item_count"]) if row else 0
+    runs = [HistoryRun(source, start, end, True) for source, start, end in inherited]
+    return [*runs, HistoryRun(thread_id, 0, own_upto, False)]
+
+
+def read_run(run: HistoryRun, start: int, limit: int) -> Script[tuple[list[RawItem], int]]:
+    """At most `limit` items of a run, from seq `start` on; and the seq to go
+    on from (the run's end once it is read to the end)."""
+    where = "thread_id = ? AND seq >= ? AND seq < ?"
+    if run.inherited:
+        where += " AND inheritable = 1"
+    found = yield rows(
+        f"SELECT seq, turn_id, created_at, body FROM items WHERE {where} ORDER BY seq LIMIT ?",
+        run.source,
+        start,
+        run.end,
+        limit,
+    )
+    after = int(found[-1]["seq"]) + 1 if len(found) == limit else run.end
+    return [(run.source, row) for row in found], after
 
 
 def history_length(thread_id: str) -> Script[int]:
