@@ -47,13 +47,16 @@ class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]
                 # While an upstream thinks, the response headers go out, so
                 # that the first event is all that is left to send.
                 headers = functools.partial(context.send_initial_metadata, ())
-                async for batch in as_they_arrive(stream, headers):
-                    message = convert.events_to_pb(batch)
-                    last = batch[-1]
-                    if isinstance(last, Completed):
-                        usage = last.usage
-                        message.events[-1].completed.endpoint = served.endpoint
-                    yield message
+                # Closed first, so that its reading of `stream` has stopped when
+                # `stream` is closed: a call let go at a `yield` closes both.
+                async with aclosing(as_they_arrive(stream, headers)) as arrivals:
+                    async for batch in arrivals:
+                        message = convert.events_to_pb(batch)
+                        last = batch[-1]
+                        if isinstance(last, Completed):
+                            usage = last.usage
+                            message.events[-1].completed.endpoint = served.endpoint
+                        yield message
             outcome = "OK"
         except TimeoutError:
             outcome = "DEADLINE_EXCEEDED"

@@ -15,6 +15,7 @@ import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -147,8 +148,12 @@ def rpc(method: F) -> F:
         @functools.wraps(method)
         async def stream(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
             try:
-                async for response in method(self, request, context):
-                    yield response
+                # Closed with this one, at once: a call that ends while its
+                # generator waits at a `yield` (its caller gone) must not leave
+                # the method's own generator to be finalized later, anywhere.
+                async with aclosing(method(self, request, context)) as responses:
+                    async for response in responses:
+                        yield response
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:

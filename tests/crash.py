@@ -155,8 +155,15 @@ class Services:
         self.thread.stop()
         self.model.stop()
 
-    def tracebacks(self) -> int:
-        return sum(process.log_text().count("Traceback") for process in self.logs)
+    def tracebacks(self) -> list[str]:
+        """Each traceback in the services' logs, with the lines after it."""
+        found = []
+        for process in self.logs:
+            lines = process.log_text().splitlines()
+            found += [
+                "\n".join(lines[n : n + 30]) for n, line in enumerate(lines) if "Traceback" in line
+            ]
+        return found
 
     def model_calls(self) -> tuple[int, int]:
         """Model calls the model-services logged, and how many of them it
@@ -420,14 +427,14 @@ class Result:
     recorded: Counter[str]
     # Records that cannot be (see `inconsistencies`), and SQLite's own checks.
     inconsistent: list[str]
-    tracebacks: int
+    tracebacks: list[str]
     model_calls: tuple[int, int]
     seconds: float
     seed: int
 
     @property
     def failed(self) -> bool:
-        return bool(self.lost or self.wedged or self.inconsistent)
+        return bool(self.lost or self.wedged or self.inconsistent or self.tracebacks)
 
     def kills(self, which: str) -> int:
         return sum(1 for r in self.rounds if r.killed == which)
@@ -449,7 +456,7 @@ class Result:
             f"{self.kills('thread-service')}, model-service {self.kills('model-service')}",
             f"turns: attempted {self.tally.attempted}, acknowledged "
             f"{len(self.tally.acknowledged)}; calls that failed: {failures}",
-            f"threads: {len(self.tally.threads)}; tracebacks in the logs: {self.tracebacks}",
+            f"threads: {len(self.tally.threads)}; tracebacks in the logs: {len(self.tracebacks)}",
             f"model calls: {self.model_calls[0]}, of which refused WINDOW_NOT_HELD (the "
             f"whole history sent again): {self.model_calls[1]}",
             "turns as recorded (before the wedge check):",
@@ -460,9 +467,11 @@ class Result:
             f"acknowledged turns lost   {len(self.lost):>5}     0",
             f"wedged threads            {len(self.wedged):>5}     0",
             f"inconsistent records      {len(self.inconsistent):>5}     0",
+            f"tracebacks in the logs    {len(self.tracebacks):>5}     0",
         ]
         lines += [f"lost: {x}" for x in self.lost[:10]] + [f"wedged: {x}" for x in self.wedged[:10]]
         lines += [f"inconsistent: {x}" for x in self.inconsistent[:10]]
+        lines += [f"traceback:\n{x}" for x in self.tracebacks[:3]]
         return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 """The crash test (tests/crash.py) in a short form: kill -9 each service three
 times while clients run turns; no acknowledged turn may be lost, no thread
-may stay wedged and no record may be inconsistent. `python -m tests.crash
---kills 20` is the long run."""
+may stay wedged, no record may be inconsistent and no service may log a
+traceback. `python -m tests.crash --kills 20` is the long run."""
 
 from __future__ import annotations
 
@@ -20,3 +20,4 @@ def test_kills_lose_no_acknowledged_turn_and_wedge_no_thread(
     assert result.lost == [], table
     assert result.wedged == [], table
     assert result.inconsistent == [], table
+    assert result.tracebacks == [], table
