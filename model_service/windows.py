@@ -18,7 +18,7 @@ import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from spindle import items
+from spindle import items, longlived
 from spindle.errors import FailedPrecondition
 from spindle.model import WINDOW_NOT_HELD, ModelRequest
 from spindle.slices import slices
@@ -76,6 +76,7 @@ class Windows:
         if request.history_digest and request.window_id and size <= self.max_bytes:
             self._held[request.window_id] = _Held(history, request.history_digest, size)
             self._bytes += size
+            longlived.kept(len(request.input))  # the items decoded for this request
             while self._bytes > self.max_bytes:
                 _, evicted = self._held.popitem(last=False)
                 self._bytes -= evicted.size

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from spindle import items
+from spindle import items, longlived
 from spindle.errors import Aborted, ErrorCode, FailedPrecondition, InvalidArgument, NotFound
 from spindle.model import ModelRequest, ModelStreamer, Tool, Usage, WindowBase, history_digest
 from spindle.ratelimit import RateLimit
@@ -214,7 +214,9 @@ class Turns:
         if kept is not None:
             return kept
         stored = await self.store.read_history(thread.id, version=thread.version)
-        return await History.load(thread.version, [entry.item for entry in stored])
+        history = await History.load(thread.version, [entry.item for entry in stored])
+        longlived.kept(len(history.items))  # to be kept in `histories` from now on
+        return history
 
     def _model_request(
         self,
