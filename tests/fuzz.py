@@ -50,7 +50,7 @@ from hypothesis import strategies as st
 from spindle.v1 import common_pb2 as c
 from spindle.v1 import thread_service_pb2 as pb
 from tests.crash import store_arguments
-from tests.harness import ServiceProcess, thread_process
+from tests.harness import ServiceProcess, service_pair
 
 T = TypeVar("T")
 SERVICE = "/spindle.v1.ThreadService/"
@@ -1188,19 +1188,12 @@ def _seed_threads(channel: grpc.Channel, pool: Pool) -> None:
 @contextmanager
 def running_target(tmp: Path, thread_args: Sequence[str] = ()) -> Iterator[Target]:
     """A model-service and a thread-service as processes, with seeded threads."""
-    model = ServiceProcess("model_service", ["--config-home", str(tmp / "model-home")])
-    thread = None
-    try:
-        thread = thread_process(model, tmp / "data", tmp / "home", *thread_args)
+    with service_pair(tmp, thread_args) as (model, thread):
         dirs = _prepare_folders(tmp / "work")
         pool = Pool(cwd=dirs[0], dirs=dirs)
         with grpc.insecure_channel(thread.address) as channel:
             _seed_threads(channel, pool)
         yield Target(model, thread, pool)
-    finally:
-        if thread is not None:
-            thread.stop()
-        model.stop()
 
 
 def fuzz(

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Coroutine, Iterator
+from collections.abc import Awaitable, Coroutine, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -194,7 +194,11 @@ class ServiceProcess:
 
 
 def thread_process(
-    model: ServiceProcess | str, data_dir: Path, config_home: Path, *args: str
+    model: ServiceProcess | str,
+    data_dir: Path,
+    config_home: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
 ) -> ServiceProcess:
     """A thread-service process that calls `model` (a process, or a gRPC target)."""
     return ServiceProcess(
@@ -208,17 +212,27 @@ def thread_process(
             str(config_home),
             *args,
         ],
+        env,
     )
 
 
 @contextmanager
 def service_pair(
-    tmp: Path, extra_thread_args: list[str] | None = None
+    tmp: Path,
+    extra_thread_args: Sequence[str] = (),
+    *,
+    extra_model_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
-    model = ServiceProcess("model_service", ["--config-home", str(tmp / "model-home")])
+    """A model-service (config home `tmp/model-home`) and a thread-service
+    calling it (data in `tmp/data`, config home `tmp/home`), both started;
+    both stopped at the end."""
+    model = ServiceProcess(
+        "model_service", ["--config-home", str(tmp / "model-home"), *extra_model_args], env
+    )
     thread = None
     try:
-        thread = thread_process(model, tmp / "data", tmp / "home", *(extra_thread_args or []))
+        thread = thread_process(model, tmp / "data", tmp / "home", *extra_thread_args, env=env)
         _ = thread.port
         yield model, thread
     finally:

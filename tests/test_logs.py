@@ -16,7 +16,7 @@ import grpc
 
 from spindle.logs import JsonFormatter
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
-from tests.harness import ROOT, ServiceProcess, thread_process
+from tests.harness import ROOT, ServiceProcess, service_pair
 from tests.rpc import raises_status, start, turn, user
 
 SAID = "words that stay out of the logs"
@@ -31,30 +31,17 @@ def parsed(process: ServiceProcess) -> list[dict[str, Any]]:
 
 
 def test_json_lines_carry_the_thread_and_turn_they_are_about(tmp_path: Path) -> None:
-    model = ServiceProcess(
-        "model_service", ["--config-home", str(tmp_path / "model-home"), "--log-format", "json"]
-    )
-    thread = None
-    try:
-        thread = thread_process(
-            model,
-            tmp_path / "data",
-            tmp_path / "home",
-            "--log-format",
-            "json",
-            "--log-level",
-            "DEBUG",
-        )
-        with grpc.insecure_channel(thread.address) as channel:
-            stub = pb_grpc.ThreadServiceStub(channel)
-            started = start(stub, tmp_path)
-            completed = turn(stub, started.id, user(SAID))
-            with raises_status(grpc.StatusCode.UNAVAILABLE):
-                turn(stub, started.id, user("/fail UNAVAILABLE down for a moment"))
-    finally:
-        if thread is not None:
-            thread.stop()
-        model.stop()
+    thread_args = ["--log-format", "json", "--log-level", "DEBUG"]
+    with (
+        service_pair(tmp_path, thread_args, extra_model_args=["--log-format", "json"]) as pair,
+        grpc.insecure_channel(pair[1].address) as channel,
+    ):
+        model, thread = pair
+        stub = pb_grpc.ThreadServiceStub(channel)
+        started = start(stub, tmp_path)
+        completed = turn(stub, started.id, user(SAID))
+        with raises_status(grpc.StatusCode.UNAVAILABLE):
+            turn(stub, started.id, user("/fail UNAVAILABLE down for a moment"))
     turn_id = completed[0].turn_started.turn_id
 
     thread_lines = parsed(thread)

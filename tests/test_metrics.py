@@ -18,7 +18,7 @@ from model_service.settings import ModelServiceSettings
 from spindle import settings
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
-from tests.harness import ServiceProcess, thread_process, wait_until
+from tests.harness import ServiceProcess, service_pair, wait_until
 from tests.rpc import events_of, raises_status, start, turn, user
 from tests.upstream import TEXT_USAGE, UpstreamServer, error_reply, text_reply
 from thread_service.settings import ThreadServiceSettings
@@ -73,21 +73,9 @@ def services(
     """A model-service (with an HTTP provider for `gpt-test`) and a
     thread-service, each serving metrics on a port of its own."""
     write_model_config(tmp_path / "model-home", upstream)
-    model = ServiceProcess(
-        "model_service",
-        ["--config-home", str(tmp_path / "model-home"), "--metrics-listen", "127.0.0.1:0"],
-    )
-    thread = None
-    try:
-        thread = thread_process(
-            model, tmp_path / "data", tmp_path / "home", "--metrics-listen", "127.0.0.1:0"
-        )
-        _ = thread.port
-        yield model, thread
-    finally:
-        if thread is not None:
-            thread.stop()
-        model.stop()
+    metrics = ["--metrics-listen", "127.0.0.1:0"]
+    with service_pair(tmp_path, metrics, extra_model_args=metrics) as pair:
+        yield pair
 
 
 def test_turns_and_model_calls_move_the_metrics_by_what_they_did(

@@ -20,7 +20,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
-from tests.harness import ServiceProcess, wait_until
+from tests.harness import ServiceProcess, service_pair, wait_until
 from tests.otlp import OtlpReceiver, ReceivedSpan
 from tests.rpc import events_of, start, user
 from tests.test_metrics import write_model_config
@@ -38,19 +38,11 @@ def traced(
     write_model_config(tmp_path / "model-home", upstream)
     with OtlpReceiver() as receiver:
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "20"}
-        model_args = ["--config-home", str(tmp_path / "model-home"), "--log-format", "json"]
-        model = ServiceProcess("model_service", [*model_args, "--tracing", "otlp"], env)
-        thread = None
-        try:
-            thread_args = ["--model-service", model.address, "--data-dir", str(tmp_path / "data")]
-            thread_args += ["--config-home", str(tmp_path / "home"), "--tracing", "otlp"]
-            thread = ServiceProcess("thread_service", thread_args, env)
-            _ = thread.port
+        model_args = ["--log-format", "json", "--tracing", "otlp"]
+        with service_pair(
+            tmp_path, ["--tracing", "otlp"], extra_model_args=model_args, env=env
+        ) as (model, thread):
             yield receiver, model, thread
-        finally:
-            if thread is not None:
-                thread.stop()
-            model.stop()
 
 
 def test_a_turn_is_one_trace_from_the_client_to_the_provider(
