@@ -184,12 +184,3 @@ def failure_of(error: TurnError) -> SpindleError:
         metadata=error.metadata,
         retry_after=error.retry_after,
     )
-
-
-def is_dict_of_strings(value: object) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    )
-
-
-_ = ErrorCode  # re-exported for encoders

@@ -211,11 +211,15 @@ def request_key(request: ProtoMessage, method: str, request_id: str) -> RequestK
     if not request_id:
         return None
     parse_thread_id(request_id, "request_id", "a request id")
+    return RequestKey(caller().tenant, request_id.lower(), method, fingerprint(request))
+
+
+def fingerprint(request: ProtoMessage) -> str:
+    """What a retry of `request` must repeat: all of it but its `request_id`."""
     copy = type(request)()
     copy.CopyFrom(request)
     copy.ClearField("request_id")
-    fingerprint = hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
-    return RequestKey(caller().tenant, request_id.lower(), method, fingerprint)
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
 
 
 def _fork_options(options: pb.ForkOptions) -> ForkOptions:
@@ -266,9 +270,7 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
         self, request: pb.SpawnThreadRequest, context: grpc.aio.ServicerContext
     ) -> pb.SpawnThreadResponse:
         fork = _fork_options(request.fork) if request.HasField("fork") else None
-        spawn = pb.SpawnThreadRequest()
-        spawn.CopyFrom(request)
-        spawn.ClearField("request_id")
+        key = request_key(request, "SpawnThread", request.request_id)
         thread = await self.threads.spawn(
             request.parent_id,
             fork=fork,
@@ -279,10 +281,8 @@ class ThreadServicer(pb_grpc.ThreadServiceServicer):  # type: ignore[misc]
             instructions=request.instructions,
             metadata=dict(request.metadata),
             caller=caller(),
-            request=request_key(request, "SpawnThread", request.request_id),
-            spawn_fingerprint=hashlib.sha256(
-                spawn.SerializeToString(deterministic=True)
-            ).hexdigest(),
+            request=key,
+            spawn_fingerprint=key.fingerprint if key else fingerprint(request),
         )
         return pb.SpawnThreadResponse(thread=thread_to_pb(thread))
 

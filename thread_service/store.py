@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from spindle.errors import Aborted
+from spindle.errors import Aborted, FailedPrecondition
 from spindle.model import Usage
 from thread_service.records import (
     Entry,
@@ -60,6 +60,31 @@ class HistoryChanged(Aborted):
             f"the history of thread {thread_id} changed while the turn started",
             reason="HISTORY_CHANGED",
         )
+
+
+def thread_archived(thread_id: str, role: str = "thread") -> FailedPrecondition:
+    """What a call that needs a live thread hears of an archived one."""
+    return FailedPrecondition(f"{role} {thread_id} is archived", reason="THREAD_ARCHIVED")
+
+
+def turn_already_running(thread_id: str, turn_id: str) -> FailedPrecondition:
+    """A turn asked for while another runs on the thread, on any replica;
+    `turn_id` names it when known."""
+    return FailedPrecondition(
+        f"a turn is already running on thread {thread_id}",
+        reason="TURN_ALREADY_RUNNING",
+        metadata={"turn_id": turn_id} if turn_id else {},
+        retry_after=1.0,
+    )
+
+
+def turn_running(thread_id: str, turn_id: str) -> FailedPrecondition:
+    """A thread archived or deleted while a turn runs on it."""
+    return FailedPrecondition(
+        f"a turn is running on thread {thread_id}; interrupt it first, or set interrupt_running",
+        reason="TURN_RUNNING",
+        metadata={"turn_id": turn_id},
+    )
 
 
 class Store(Protocol):

@@ -25,7 +25,7 @@ from thread_service import inheritance, pagination
 from thread_service.access import LOCAL, Principal, trust_roots
 from thread_service.pagination import Position
 from thread_service.records import Origin, RequestKey, StoredItem, ThreadRecord
-from thread_service.store import ForkSource, Store, ThreadFilter
+from thread_service.store import ForkSource, Store, ThreadFilter, thread_archived
 from thread_service.trust import Marked, ProjectTrust
 from thread_service.validation import (
     check_cwd,
@@ -179,9 +179,7 @@ class Threads:
             _check_fork(fork)
         parent = await self.get(parent_id, caller, field="parent_id")
         if parent.archived:
-            raise FailedPrecondition(
-                f"parent thread {parent_id} is archived", reason="THREAD_ARCHIVED"
-            )
+            raise thread_archived(parent_id, "parent thread")
         depth = parent.depth + 1
         if depth > self.max_spawn_depth:
             raise FailedPrecondition(
@@ -225,7 +223,7 @@ class Threads:
         and window generation as stored; its own id as prompt cache key."""
         thread = await self.get(thread_id, caller)
         if thread.archived:
-            raise FailedPrecondition(f"thread {thread.id} is archived", reason="THREAD_ARCHIVED")
+            raise thread_archived(thread.id)
         thread = dataclasses.replace(
             thread,
             session_origin=Origin.RESUME,

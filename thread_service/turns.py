@@ -30,7 +30,13 @@ from thread_service.records import (
     TurnRecord,
     TurnStatus,
 )
-from thread_service.store import HistoryChanged, Store
+from thread_service.store import (
+    HistoryChanged,
+    Store,
+    thread_archived,
+    turn_already_running,
+    turn_running,
+)
 from thread_service.threads import Threads
 from thread_service.turn import Outcome, Turn, _to_the_end
 from thread_service.validation import check_turn_input, check_turn_size
@@ -120,7 +126,7 @@ class Turns:
                     yield batch
                 return
         if thread.archived:
-            raise _archived(thread.id)
+            raise thread_archived(thread.id)
         if self.tokens is not None:
             self.tokens.check(caller.name)
         turn, first_call = await self._begin(
@@ -158,7 +164,7 @@ class Turns:
         while True:
             if running is not None:
                 if when_busy is Busy.REJECT:
-                    raise _already_running(current.id, running.id)
+                    raise turn_already_running(current.id, running.id)
                 if when_busy is Busy.INTERRUPT and interrupted != running.id:
                     await self._interrupt_running(running, INTERRUPTED_FOR_INPUT)
                     interrupted = running.id
@@ -391,27 +397,17 @@ class Turns:
         if local is not None:
             local.interrupt(reason)
 
-    async def interrupt_thread(self, thread: ThreadRecord) -> None:
-        """Interrupt the thread's running turn, if any, and wait until it ended."""
-        running = await self._running_on(thread.id)
-        if running is not None:
-            await self._interrupt_running(running, INTERRUPTED_BY_CALL)
-            await self._until_ended(running.id)
-
     async def settle(self, thread: ThreadRecord, interrupt: bool) -> None:
         """Before a thread is archived or deleted: no turn runs on it (one that
-        does is interrupted when `interrupt`, else FAILED_PRECONDITION)."""
+        does is interrupted when `interrupt`, and waited for, else
+        FAILED_PRECONDITION)."""
         running = await self._running_on(thread.id)
         if running is None:
             return
         if not interrupt:
-            raise FailedPrecondition(
-                f"a turn is running on thread {thread.id}; interrupt it first, or set "
-                "interrupt_running",
-                reason="TURN_RUNNING",
-                metadata={"turn_id": running.id},
-            )
-        await self.interrupt_thread(thread)
+            raise turn_running(thread.id, running.id)
+        await self._interrupt_running(running, INTERRUPTED_BY_CALL)
+        await self._until_ended(running.id)
 
     def has_running(self) -> bool:
         return bool(self._running)
@@ -443,16 +439,3 @@ class Turns:
 
     async def close(self) -> None:
         await self.interrupt_all()
-
-
-def _archived(thread_id: str) -> FailedPrecondition:
-    return FailedPrecondition(f"thread {thread_id} is archived", reason="THREAD_ARCHIVED")
-
-
-def _already_running(thread_id: str, turn_id: str) -> FailedPrecondition:
-    return FailedPrecondition(
-        f"a turn is already running on thread {thread_id}",
-        reason="TURN_ALREADY_RUNNING",
-        metadata={"turn_id": turn_id},
-        retry_after=1.0,
-    )

@@ -38,7 +38,7 @@ def parse_thread_id(value: str, field: str = "thread_id", what: str = "a thread 
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
-_METADATA_KEY = re.compile(r"[A-Za-z0-9_.\-/]{1,64}")
+_METADATA_KEY = re.compile(rf"[A-Za-z0-9_.\-/]{{1,{MAX_METADATA_KEY}}}")
 ORDERS = ("create_time", "update_time")
 
 
@@ -50,8 +50,8 @@ def check_metadata(metadata: Mapping[str, str], field: str = "metadata") -> None
     for key, value in metadata.items():
         if not _METADATA_KEY.fullmatch(key):
             raise InvalidArgument(
-                f"{field}: key {quoted(key, 80)} must be 1 to 64 letters, digits, '_', '-', "
-                "'.' or '/'",
+                f"{field}: key {quoted(key, 80)} must be 1 to {MAX_METADATA_KEY} letters, "
+                "digits, '_', '-', '.' or '/'",
                 field=field,
             )
         if len(value) > MAX_METADATA_VALUE or _CONTROL.search(value):

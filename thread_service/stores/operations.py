@@ -45,7 +45,13 @@ from thread_service.records import (
     TurnRecord,
     TurnStatus,
 )
-from thread_service.store import ForkSource, HistoryChanged, ThreadFilter
+from thread_service.store import (
+    ForkSource,
+    HistoryChanged,
+    ThreadFilter,
+    turn_already_running,
+    turn_running,
+)
 
 T = TypeVar("T")
 Row = Mapping[str, Any]
@@ -246,26 +252,32 @@ def _claim(request: RequestKey | None, now: float, **result: str) -> Script[Row 
     )
     if claimed:
         return None
+    earlier = yield from _earlier_use(request)
+    if earlier is None:  # claimed and dropped at once: only a clock jump does that
+        raise Aborted("the request id could not be recorded; retry", reason="REQUEST_ID_RACE")
+    return earlier
+
+
+def _earlier_use(request: RequestKey) -> Script[Row | None]:
+    """The row of an earlier use of the request id, or None; INVALID_ARGUMENT
+    when that was another request."""
     earlier: Row | None = yield one(
         "SELECT method, fingerprint, thread_id, turn_id FROM requests "
         "WHERE tenant = ? AND request_id = ?",
         request.tenant,
         request.request_id,
     )
-    if earlier is None:  # claimed and dropped at once: only a clock jump does that
-        raise Aborted("the request id could not be recorded; retry", reason="REQUEST_ID_RACE")
-    _same_request(earlier, request)
-    return earlier
-
-
-def _same_request(earlier: Row, request: RequestKey) -> None:
-    if (earlier["method"], earlier["fingerprint"]) != (request.method, request.fingerprint):
+    if earlier is not None and (earlier["method"], earlier["fingerprint"]) != (
+        request.method,
+        request.fingerprint,
+    ):
         raise InvalidArgument(
             "request_id was already used for another request; a retry must repeat the "
             "request exactly, and a new request needs a new id",
             reason="REQUEST_ID_REUSED",
             field="request_id",
         )
+    return earlier
 
 
 def _earlier_thread(earlier: Row) -> Script[ThreadRecord]:
@@ -460,12 +472,7 @@ def delete_thread(thread_id: str) -> Script[None]:
         TurnStatus.RUNNING.value,
     )
     if running is not None:
-        raise FailedPrecondition(
-            f"a turn is running on thread {thread_id}; interrupt it first, or set "
-            "interrupt_running",
-            reason="TURN_RUNNING",
-            metadata={"turn_id": running["id"]},
-        )
+        raise turn_running(thread_id, running["id"])
     yield Statement("DELETE FROM thread_labels WHERE thread_id = ?", (thread_id,))
     yield Statement(
         "DELETE FROM turn_events WHERE turn_id IN (SELECT id FROM turns WHERE thread_id = ?)",
@@ -727,7 +734,7 @@ def begin_turn(
         TurnStatus.RUNNING.value,
     )
     if running is not None:
-        raise _already_running(turn.thread_id, running["id"])
+        raise turn_already_running(turn.thread_id, running["id"])
     try:
         yield Statement(
             "INSERT INTO turns (id, thread_id, status, owner, first_seq, input_tokens, "
@@ -735,17 +742,8 @@ def begin_turn(
             (turn.id, turn.thread_id, TurnStatus.RUNNING.value, turn.owner, first, turn.created_at),
         )
     except Conflict:
-        raise _already_running(turn.thread_id, "") from None
+        raise turn_already_running(turn.thread_id, "") from None
     return turn, True
-
-
-def _already_running(thread_id: str, turn_id: str) -> FailedPrecondition:
-    return FailedPrecondition(
-        f"a turn is already running on thread {thread_id}",
-        reason="TURN_ALREADY_RUNNING",
-        metadata={"turn_id": turn_id} if turn_id else {},
-        retry_after=1.0,
-    )
 
 
 def finish_turn(
@@ -849,15 +847,9 @@ def request_interrupt(turn_id: str, reason: str) -> Script[bool]:
 def find_request(request: RequestKey) -> Script[tuple[str, str] | None]:
     """(thread id, turn id) an earlier use of the request id made, or None;
     INVALID_ARGUMENT when that was another request."""
-    earlier: Row | None = yield one(
-        "SELECT method, fingerprint, thread_id, turn_id FROM requests "
-        "WHERE tenant = ? AND request_id = ?",
-        request.tenant,
-        request.request_id,
-    )
+    earlier = yield from _earlier_use(request)
     if earlier is None:
         return None
-    _same_request(earlier, request)
     return earlier["thread_id"] or "", earlier["turn_id"] or ""
 
 
