@@ -78,8 +78,10 @@ class Edge(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.authenticator = authenticator
         self.requests = requests
         self._undecodable_log = _OncePer(10.0)
-        # Per method the server registered (never a name a caller made up).
-        self._metrics: dict[str, metrics.RpcMetrics] = {}
+        # Per method the server registered (never a name a caller made up):
+        # its handler as registered, and as wrapped. gRPC asks for it on every
+        # call; wrapping it once is enough.
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -89,6 +91,16 @@ class Edge(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return handler
+        known = self._handlers.get(details.method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(details.method, handler)
+        self._handlers[details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """`handler` with undecodable payloads kept for `admit` to refuse, and
+        each of its behaviours behind a `_Gate`."""
         decode = handler.request_deserializer
 
         def safe_decode(data: bytes) -> Any:
@@ -97,11 +109,8 @@ class Edge(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             except Exception:
                 return _UNDECODABLE
 
-        rpc_metrics = self._metrics.get(details.method)
-        if rpc_metrics is None:
-            rpc_metrics = self._metrics[details.method] = metrics.RpcMetrics(details.method)
         gate = _Gate(
-            self, details.method, rpc_metrics, open=details.method.startswith(OPEN_PREFIXES)
+            self, method, metrics.RpcMetrics(method), open=method.startswith(OPEN_PREFIXES)
         )
         wrapped = {
             kind: getattr(gate, kind)(getattr(handler, kind))
