@@ -15,11 +15,11 @@ Bounded by the items' bytes (`window_cache_bytes`); least recently used goes fir
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from spindle import items, longlived
 from spindle.errors import FailedPrecondition
+from spindle.lru import WeightedLRU
 from spindle.model import WINDOW_NOT_HELD, ModelRequest
 from spindle.slices import slices
 
@@ -34,15 +34,14 @@ class _Held:
 class Windows:
     def __init__(self, max_bytes: int = 256 << 20) -> None:
         self.max_bytes = max_bytes
-        self._held: OrderedDict[str, _Held] = OrderedDict()
-        self._bytes = 0
+        self._held: WeightedLRU[str, _Held] = WeightedLRU(max_bytes)
 
     def __len__(self) -> int:
         return len(self._held)
 
     @property
     def bytes(self) -> int:
-        return self._bytes
+        return self._held.weight
 
     async def complete(self, request: ModelRequest) -> ModelRequest:
         """The request with its whole history: the held base's items, then
@@ -54,9 +53,7 @@ class Windows:
         new_size = sum(
             [sum(map(items.size_of, part)) async for part in slices(request.input, 2000)]
         )
-        held = self._held.pop(request.window_id, None) if request.window_id else None
-        if held is not None:
-            self._bytes -= held.size
+        held = self._held.pop(request.window_id) if request.window_id else None
         base = request.base
         if base is None:
             history, size = request.input, new_size
@@ -73,13 +70,10 @@ class Windows:
                 )
             history = held.history + request.input
             size = held.size + new_size
-        if request.history_digest and request.window_id and size <= self.max_bytes:
-            self._held[request.window_id] = _Held(history, request.history_digest, size)
-            self._bytes += size
-            longlived.kept(len(request.input))  # the items decoded for this request
-            while self._bytes > self.max_bytes:
-                _, evicted = self._held.popitem(last=False)
-                self._bytes -= evicted.size
+        if request.history_digest and request.window_id:
+            kept = _Held(history, request.history_digest, size)
+            if self._held.put(request.window_id, kept, size):
+                longlived.kept(len(request.input))  # the items decoded for this request
         if base is None:
             return request
         return dataclasses.replace(request, input=history)

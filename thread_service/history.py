@@ -19,11 +19,11 @@ Bounded by the items' bytes (`history_cache_bytes`); least recently used first.
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from spindle.items import FunctionCall, FunctionCallOutput, Item, size_of
+from spindle.lru import WeightedLRU
 from spindle.model import WindowBase, history_digest
 from spindle.slices import slices
 
@@ -107,8 +107,7 @@ class Histories:
 
     def __init__(self, max_bytes: int = 256 << 20) -> None:
         self.max_bytes = max_bytes
-        self._kept: OrderedDict[str, History] = OrderedDict()
-        self._bytes = 0
+        self._kept: WeightedLRU[str, History] = WeightedLRU(max_bytes)
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -118,20 +117,10 @@ class Histories:
         kept = self._kept.get(thread_id)
         if kept is None or kept.version != version:
             return None
-        self._kept.move_to_end(thread_id)
         return kept
 
     def put(self, thread_id: str, history: History) -> None:
-        self.drop(thread_id)
-        if history.size > self.max_bytes:
-            return
-        self._kept[thread_id] = history
-        self._bytes += history.size
-        while self._bytes > self.max_bytes:
-            _, evicted = self._kept.popitem(last=False)
-            self._bytes -= evicted.size
+        self._kept.put(thread_id, history, history.size)
 
     def drop(self, thread_id: str) -> None:
-        kept = self._kept.pop(thread_id, None)
-        if kept is not None:
-            self._bytes -= kept.size
+        self._kept.pop(thread_id)

@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections import OrderedDict
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from model_service.prompt_cache import Prefixes, PromptCache
 from model_service.providers.base import Served
 from model_service.tokenizer import render_instructions, render_item, tokenize
 from spindle import items
 from spindle.errors import ErrorCode, InvalidArgument, ModelError
+from spindle.lru import WeightedLRU
 from spindle.model import (
     Completed,
     ItemDone,
@@ -57,8 +57,7 @@ class EmbeddedProvider:
         # the window tokenizes only its new items; at most `max_blocks` prefix
         # digests in all (about 100 bytes each), least recently used dropped.
         self.max_blocks = max_blocks
-        self._prompts: OrderedDict[str, _Prompt] = OrderedDict()
-        self._blocks = 0
+        self._prompts: WeightedLRU[str, _Prompt] = WeightedLRU(max_blocks)
 
     @staticmethod
     def serves(model: str) -> bool:
@@ -92,9 +91,7 @@ class EmbeddedProvider:
     async def _prefixes(self, request: ModelRequest) -> Prefixes:
         """The prompt's prefixes: those of the window's last prompt extended by
         the new items when this request continues it, else from the start."""
-        kept = self._prompts.pop(request.window_id, None) if request.window_id else None
-        if kept is not None:
-            self._blocks -= len(kept.prefixes.digests)
+        kept = self._prompts.pop(request.window_id) if request.window_id else None
         base, new = request.base, request.input
         if kept is not None and base is not None and kept.continued_by(request, base):
             prefixes, new = kept.prefixes, request.input[base.item_count :]
@@ -107,13 +104,10 @@ class EmbeddedProvider:
             for item in part:
                 prefixes.extend(tokenize(render_item(item)))
         if request.window_id and request.history_digest:
-            prompt = _Prompt(request.instructions, len(request.input), request.history_digest)
-            prompt.prefixes = prefixes
-            self._prompts[request.window_id] = prompt
-            self._blocks += len(prefixes.digests)
-            while self._blocks > self.max_blocks and self._prompts:
-                _, dropped = self._prompts.popitem(last=False)
-                self._blocks -= len(dropped.prefixes.digests)
+            prompt = _Prompt(
+                request.instructions, len(request.input), request.history_digest, prefixes
+            )
+            self._prompts.put(request.window_id, prompt, len(prefixes.digests))
         return prefixes
 
     async def aclose(self) -> None:
@@ -127,7 +121,7 @@ class _Prompt:
     instructions: str
     item_count: int
     history_digest: bytes
-    prefixes: Prefixes = field(default_factory=Prefixes)
+    prefixes: Prefixes
 
     def continued_by(self, request: ModelRequest, base: WindowBase) -> bool:
         return (
