@@ -70,7 +70,7 @@ class Service:
         *,
         edge: Edge | None = None,
         options: Sequence[tuple[str, Any]] = (),
-        healthy: Callable[[], bool] = lambda: True,
+        healthy: Callable[[], bool] | None = None,
         wind_up: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.names = list(names)
@@ -81,6 +81,7 @@ class Service:
         self.edge = edge
         # Server options of this service, over SERVER_OPTIONS.
         self.options = list(options)
+        # What health checking follows, polled; None: always serving.
         self.healthy = healthy
         # Run when the grace period ends, before calls are cut: the
         # thread-service ends its turns there, so their streams say how.
@@ -99,12 +100,12 @@ class RunningServer:
         self.port = 0
         self._watch: asyncio.Task[None] | None = None
 
-    async def _follow_health(self) -> None:
+    async def _follow_health(self, healthy: Callable[[], bool]) -> None:
         """Report what the service says of itself, as it changes."""
         serving = True
         while True:
             await asyncio.sleep(HEALTH_POLL_SECONDS)
-            now = self.service.healthy()
+            now = healthy()
             if now != serving:
                 serving = now
                 status = health_pb2.HealthCheckResponse.SERVING
@@ -156,7 +157,8 @@ async def start(
     await server.start()
     for name in ["", *service.names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    running._watch = asyncio.create_task(running._follow_health())
+    if service.healthy is not None:
+        running._watch = asyncio.create_task(running._follow_health(service.healthy))
     return running
 
 
