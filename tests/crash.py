@@ -35,8 +35,6 @@ import sqlite3
 import sys
 import threading
 import time
-import urllib.parse
-import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -45,12 +43,13 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import grpc
-import psycopg
 
 from spindle.v1 import common_pb2 as c
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
 from tests.harness import ServiceProcess, thread_process
+from tests.postgres import SERVER_ENV, fresh_database
+from tests.rpc import user
 
 # Clients retry at once against a service that is back, rather than after
 # gRPC's default reconnect backoff (up to two minutes).
@@ -190,23 +189,11 @@ def store_arguments(store: str) -> Iterator[list[str]]:
     if store != "postgres":
         yield ["--store", store]
         return
-    server = os.environ.get("SPINDLE_TEST_POSTGRES", "")
+    server = os.environ.get(SERVER_ENV, "")
     if not server:
-        raise SystemExit(
-            "--store postgres needs SPINDLE_TEST_POSTGRES (scripts/postgres-test-server)"
-        )
-    name = f"spindle_fuzz_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield ["--store", urllib.parse.urlsplit(server)._replace(path=f"/{name}").geturl()]
-    finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _user(text: str) -> c.Item:
-    return c.Item(message=c.Message(role=c.ROLE_USER, text=text))
+        raise SystemExit(f"--store postgres needs {SERVER_ENV} (scripts/postgres-test-server)")
+    with fresh_database(server, "spindle_fuzz_") as url:
+        yield ["--store", url]
 
 
 def run_turn(
@@ -214,7 +201,7 @@ def run_turn(
 ) -> tuple[str, pb.TurnCompleted | None]:
     """The answer's text and the turn's end as the client received them."""
     answer = ""
-    request = pb.RunTurnRequest(thread_id=thread_id, input=[_user(text)])
+    request = pb.RunTurnRequest(thread_id=thread_id, input=[user(text)])
     for response in stub.RunTurn(request, timeout=TURN_DEADLINE):
         for event in response.events:
             if event.HasField("item_done") and event.item_done.item.HasField("message"):
@@ -284,6 +271,20 @@ def history(stub: pb_grpc.ThreadServiceStub, thread_id: str) -> list[c.Item]:
             return found
 
 
+def turns_of(stub: pb_grpc.ThreadServiceStub, thread_id: str) -> list[pb.Turn]:
+    found: list[pb.Turn] = []
+    token = ""
+    while True:
+        page = stub.ListTurns(
+            pb.ListTurnsRequest(thread_id=thread_id, page_size=1000, page_token=token),
+            timeout=30,
+        )
+        found.extend(page.turns)
+        token = page.next_page_token
+        if not token:
+            return found
+
+
 def lost_turns(stub: pb_grpc.ThreadServiceStub, acknowledged: list[Acknowledged]) -> list[str]:
     """Acknowledged turns whose input, with the answer right after it, is not in the history."""
     texts: dict[str, list[str]] = {}
@@ -302,19 +303,10 @@ def recorded_turns(stub: pb_grpc.ThreadServiceStub, thread_ids: set[str]) -> Cou
     """How the service recorded the threads' turns: status, and why one did not complete."""
     counts: Counter[str] = Counter()
     for thread_id in thread_ids:
-        token = ""
-        while True:
-            page = stub.ListTurns(
-                pb.ListTurnsRequest(thread_id=thread_id, page_size=1000, page_token=token),
-                timeout=30,
-            )
-            for turn in page.turns:
-                status = pb.TurnStatus.Name(turn.status).removeprefix("TURN_STATUS_")
-                why = f" ({turn.error.message})" if turn.error.message else ""
-                counts[status + why[:70]] += 1
-            token = page.next_page_token
-            if not token:
-                break
+        for turn in turns_of(stub, thread_id):
+            status = pb.TurnStatus.Name(turn.status).removeprefix("TURN_STATUS_")
+            why = f" ({turn.error.message})" if turn.error.message else ""
+            counts[status + why[:70]] += 1
     return counts
 
 
@@ -326,17 +318,7 @@ def inconsistencies(stub: pb_grpc.ThreadServiceStub, thread_ids: set[str]) -> li
     that do not replay whole (sequence 1, 2, 3... ending as the turn ended)."""
     found: list[str] = []
     for thread_id in sorted(thread_ids):
-        turns: dict[str, pb.Turn] = {}
-        token = ""
-        while True:
-            page = stub.ListTurns(
-                pb.ListTurnsRequest(thread_id=thread_id, page_size=1000, page_token=token),
-                timeout=30,
-            )
-            turns.update((turn.id, turn) for turn in page.turns)
-            token = page.next_page_token
-            if not token:
-                break
+        turns = {turn.id: turn for turn in turns_of(stub, thread_id)}
         by_turn: dict[str, list[c.Item]] = {}
         order: list[str] = []
         for item in history(stub, thread_id):
