@@ -155,14 +155,8 @@ class Services:
         self.model.stop()
 
     def tracebacks(self) -> list[str]:
-        """Each traceback in the services' logs, with the lines after it."""
-        found = []
-        for process in self.logs:
-            lines = process.log_text().splitlines()
-            found += [
-                "\n".join(lines[n : n + 30]) for n, line in enumerate(lines) if "Traceback" in line
-            ]
-        return found
+        """Each traceback in the services' logs (see `ServiceProcess.tracebacks`)."""
+        return [f"{p.module} log:\n{tb}" for p in self.logs for tb in p.tracebacks()]
 
     def model_calls(self) -> tuple[int, int]:
         """Model calls the model-services logged, and how many of them it

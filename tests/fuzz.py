@@ -1115,26 +1115,15 @@ class Target:
 
     def tracebacks(self) -> dict[str, int]:
         return {
-            "model-service": self.model.log_text().count("Traceback"),
-            "thread-service": self.thread.log_text().count("Traceback"),
+            "model-service": len(self.model.tracebacks()),
+            "thread-service": len(self.thread.tracebacks()),
         }
 
     def traceback_excerpts(self, limit: int = 3) -> list[str]:
         """The first `limit` tracebacks of the logs, each with the line before it."""
-        excerpts: list[str] = []
-        for name, process in (("thread-service", self.thread), ("model-service", self.model)):
-            lines = list(process.log_lines)
-            for at, line in enumerate(lines):
-                if len(excerpts) >= limit:
-                    return excerpts
-                if "Traceback" in line:
-                    end = at + 1
-                    while end < len(lines) and end - at < 60 and lines[end].startswith((" ", "\t")):
-                        end += 1
-                    end = min(end + 1, len(lines))  # the exception's own line
-                    body = "\n".join(lines[max(at - 1, 0) : end])
-                    excerpts.append(f"{name} log:\n{body}")
-        return excerpts
+        processes = (("thread-service", self.thread), ("model-service", self.model))
+        found = [f"{name} log:\n{tb}" for name, p in processes for tb in p.tracebacks()]
+        return found[:limit]
 
 
 def _prepare_folders(work: Path) -> list[str]:

@@ -182,6 +182,21 @@ class ServiceProcess:
                 raise AssertionError(f"{self.module} serves no metrics:\n{self.log_text()}")
             time.sleep(0.02)
 
+    def tracebacks(self) -> list[str]:
+        """Each traceback in the log, from the line before it through the
+        exception's own line."""
+        lines = list(self.log_lines)
+        found = []
+        for at, line in enumerate(lines):
+            if "Traceback" not in line:
+                continue
+            end = at + 1
+            while end < len(lines) and end - at < 60 and lines[end].startswith((" ", "\t")):
+                end += 1
+            end = min(end + 1, len(lines))  # the exception's own line
+            found.append("\n".join(lines[max(at - 1, 0) : end]))
+        return found
+
     def log_text(self) -> str:
         return "\n".join(self.log_lines)
 
