@@ -56,6 +56,7 @@ from bench.toolkit import (
     load_text,
     machine_line,
     ms,
+    print_report,
     write_json,
 )
 from spindle.v1 import common_pb2
@@ -64,6 +65,7 @@ from spindle.v1 import thread_service_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 
+NAME = "Spindle fairness benchmark"
 TARGET_RATIO = 2.0  # loaded p99 / unloaded p99 of a small turn (issue 10)
 PHASES = ("unloaded", "busy core", "loaded")
 SMALL_TEXT = "hello, how are you today?"
@@ -475,22 +477,7 @@ class Report:
         ]
 
     def print(self) -> None:
-        print("\n" + "\n".join(self.header))
-        for title, table in self.sections():
-            print(f"\n{title}\n{table.text()}")
-        print("\nTarget")
-        for line in self.lines():
-            print(f"  {line}")
-        print("\n--- markdown ---\n")
-        print(self.markdown())
-
-    def markdown(self) -> str:
-        lines = [f"**Spindle fairness benchmark** ({self.header[0]})"]
-        for title, table in self.sections():
-            lines += ["", f"{title}:", "", table.markdown()]
-        lines += ["", *(f"- {line}" for line in self.lines())]
-        lines += [f"- {line}" for line in self.header[1:]]
-        return "\n".join(lines)
+        print_report(NAME, self.header, self.sections(), self.lines(), lines_title="Target")
 
     def write_json(self, path: Path) -> None:
         unloaded, busy, loaded = (pooled(self.phases, kind) for kind in PHASES)

@@ -422,14 +422,18 @@ class Table:
 
 
 def print_report(
-    name: str, header: Sequence[str], sections: Sequence[tuple[str, Table]], lines: Sequence[str]
+    name: str,
+    header: Sequence[str],
+    sections: Sequence[tuple[str, Table]],
+    lines: Sequence[str],
+    lines_title: str = "Ratios and targets",
 ) -> None:
     """A benchmark's report: for the terminal, then as markdown for a note.
     `header[0]` is the machine line; `lines` are the ratios and targets."""
     print("\n" + "\n".join(header))
     for title, table in sections:
         print(f"\n{title}\n{table.text()}")
-    print("\nRatios and targets")
+    print(f"\n{lines_title}")
     for line in lines:
         print(f"  {line}")
     print("\n--- markdown ---\n")
