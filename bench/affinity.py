@@ -44,11 +44,11 @@ from bench.toolkit import (
     machine_line,
     markdown_report,
     print_report,
+    run_turn,
     write_json,
 )
 from model_service.prompt_cache import BLOCK_TOKENS, MIN_CACHED_TOKENS
 from model_service.tokenizer import count_tokens
-from spindle.v1 import common_pb2
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
 
@@ -160,19 +160,9 @@ class Served:
     cached: int
 
 
-def user(text: str) -> common_pb2.Item:
-    return common_pb2.Item(message=common_pb2.Message(role=common_pb2.ROLE_USER, text=text))
-
-
-async def run_turn(stub: pb_grpc.ThreadServiceStub, thread_id: str, text: str) -> Usage:
-    """One RunTurn, its whole stream read: the usage its turn_completed reports."""
-    last = None
-    async for response in stub.RunTurn(pb.RunTurnRequest(thread_id=thread_id, input=[user(text)])):
-        if response.events:
-            last = response.events[-1]
-    if last is None or last.turn_completed.status != pb.TURN_STATUS_COMPLETED:
-        raise RuntimeError(f"the turn on {thread_id} did not complete: {last}")
-    usage = last.turn_completed.usage
+async def turn_usage(stub: pb_grpc.ThreadServiceStub, thread_id: str, text: str) -> Usage:
+    """One RunTurn: the usage its turn_completed reports."""
+    usage = (await run_turn(stub, thread_id, text)).usage
     return Usage(usage.input_tokens, usage.cached_input_tokens)
 
 
@@ -188,7 +178,7 @@ async def drive(address: str, workload: Workload, cwd: Path) -> list[Family]:
             family, inputs = families[p], workload.inputs[p]
             if len(family.turns) < len(inputs):
                 text = inputs[len(family.turns)]
-                family.turns.append(await run_turn(stub, family.parent, text))
+                family.turns.append(await turn_usage(stub, family.parent, text))
                 continue
             fork = pb.ForkOptions(parent_spawn_call_id=f"call_{p}", mode=pb.FORK_MODE_FULL_HISTORY)
             spawned = await stub.SpawnThread(
@@ -198,7 +188,7 @@ async def drive(address: str, workload: Workload, cwd: Path) -> list[Family]:
             if child.prompt_cache_key != family.key:
                 raise RuntimeError(f"fork {child.id} has key {child.prompt_cache_key}")
             family.fork = child.id
-            family.fork_turn = await run_turn(stub, child.id, FORK_TEXT)
+            family.fork_turn = await turn_usage(stub, child.id, FORK_TEXT)
         return families
 
 

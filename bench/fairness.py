@@ -57,9 +57,9 @@ from bench.toolkit import (
     machine_line,
     ms,
     print_report,
+    run_turn,
     write_json,
 )
-from spindle.v1 import common_pb2
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
 
@@ -100,20 +100,6 @@ QUICK = Counts(items=50_000, rounds=1, seconds=2.5, turns=20, warmup=5, page_siz
 
 
 # -- calls -------------------------------------------------------------------
-
-
-def user_input(text: str) -> common_pb2.Item:
-    return common_pb2.Item(message=common_pb2.Message(role=common_pb2.ROLE_USER, text=text))
-
-
-async def run_turn(stub: pb_grpc.ThreadServiceStub, thread_id: str, text: str) -> None:
-    """One RunTurn, its whole stream read; a turn that did not complete is an error."""
-    last = None
-    request = pb.RunTurnRequest(thread_id=thread_id, input=[user_input(text)])
-    async for response in stub.RunTurn(request):
-        last = response.events[-1]
-    if last is None or last.turn_completed.status != pb.TURN_STATUS_COMPLETED:
-        raise RuntimeError(f"turn on {thread_id} did not complete: {last}")
 
 
 async def timed(into: list[float], call: Awaitable[T]) -> T:

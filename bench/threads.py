@@ -46,9 +46,12 @@ from bench.toolkit import (
     pids_matching,
     run_concurrent,
     run_sequential,
+    run_turn,
+    turn_request,
+    user_input,
     warm,
 )
-from spindle.v1 import common_pb2, model_service_pb2, model_service_pb2_grpc
+from spindle.v1 import model_service_pb2, model_service_pb2_grpc
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
 from tests.postgres import fresh_database
@@ -122,14 +125,6 @@ QUICK = Counts(
 # -- calls -------------------------------------------------------------------
 
 
-def user_input(text: str = USER_TEXT) -> common_pb2.Item:
-    return common_pb2.Item(message=common_pb2.Message(role=common_pb2.ROLE_USER, text=text))
-
-
-def turn_request(thread_id: str, text: str = USER_TEXT) -> pb.RunTurnRequest:
-    return pb.RunTurnRequest(thread_id=thread_id, input=[user_input(text)])
-
-
 def fork_call(stub: pb_grpc.ThreadServiceStub, parent_id: str) -> Call:
     async def call() -> None:
         fork = pb.ForkOptions(
@@ -153,11 +148,7 @@ def turn_call(stub: pb_grpc.ThreadServiceStub, thread_id: str) -> Call:
     """One RunTurn, its whole stream read; a turn that did not complete is an error."""
 
     async def call() -> None:
-        last = None
-        async for response in stub.RunTurn(turn_request(thread_id)):
-            last = response.events[-1]
-        if last is None or last.turn_completed.status != pb.TURN_STATUS_COMPLETED:
-            raise RuntimeError(f"turn on {thread_id} did not complete: {last}")
+        await run_turn(stub, thread_id, USER_TEXT)
 
     return call
 
@@ -337,7 +328,7 @@ async def measure_store(
 async def record_turn(stub: pb_grpc.ThreadServiceStub, cwd: Path) -> list[bytes]:
     """The messages a short turn streams, byte for byte, for the floors to stream."""
     (thread_id,) = await start_threads(stub, cwd, 1)
-    return [e.SerializeToString() async for e in stub.RunTurn(turn_request(thread_id))]
+    return [e.SerializeToString() async for e in stub.RunTurn(turn_request(thread_id, USER_TEXT))]
 
 
 def start_floors(bench: Bench, replies: Sequence[bytes]) -> tuple[Process, Process]:
@@ -353,7 +344,7 @@ async def measure_floors(
     echo: grpc.aio.Channel, hop: grpc.aio.Channel, meter: CpuMeter, counts: Counts, size: int
 ) -> list[Series]:
     """Each floor sequentially and with as many callers as the turns had clients."""
-    request = turn_request(str(uuid.uuid4())).SerializeToString()
+    request = turn_request(str(uuid.uuid4()), USER_TEXT).SerializeToString()
     unary = echo.unary_unary(floor.ECHO_METHOD, request_serializer=floor.raw)
     got = [
         m
@@ -388,7 +379,7 @@ async def measure_model_hop(ch: grpc.aio.Channel, meter: CpuMeter, counts: Count
     stub = model_service_pb2_grpc.ModelServiceStub(ch)
     thread_id = str(uuid.uuid4())
     request = model_service_pb2.GenerateRequest(
-        input=[user_input()],
+        input=[user_input(USER_TEXT)],
         prompt_cache_key=thread_id,
         thread_id=thread_id,
         window_id=f"{thread_id}:0",

@@ -38,6 +38,9 @@ from typing import IO, Any
 import grpc
 
 from spindle.serving import CHANNEL_OPTIONS
+from spindle.v1 import common_pb2
+from spindle.v1 import thread_service_pb2 as thread_pb
+from spindle.v1 import thread_service_pb2_grpc as thread_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -419,6 +422,30 @@ class Table:
             cells = (f"**{row}**", *[""] * (len(self.headers) - 1)) if isinstance(row, str) else row
             out.append(f"| {' | '.join(cells)} |")
         return "\n".join(out)
+
+
+def user_input(text: str) -> common_pb2.Item:
+    return common_pb2.Item(message=common_pb2.Message(role=common_pb2.ROLE_USER, text=text))
+
+
+def turn_request(thread_id: str, text: str) -> thread_pb.RunTurnRequest:
+    """A RunTurn of one user message."""
+    return thread_pb.RunTurnRequest(thread_id=thread_id, input=[user_input(text)])
+
+
+async def run_turn(
+    stub: thread_grpc.ThreadServiceStub, thread_id: str, text: str
+) -> thread_pb.TurnCompleted:
+    """One RunTurn, its whole stream read: its end; a turn that did not
+    complete is an error."""
+    last = None
+    async for response in stub.RunTurn(turn_request(thread_id, text)):
+        if response.events:
+            last = response.events[-1]
+    if last is None or last.turn_completed.status != thread_pb.TURN_STATUS_COMPLETED:
+        raise RuntimeError(f"turn on {thread_id} did not complete: {last}")
+    completed: thread_pb.TurnCompleted = last.turn_completed
+    return completed
 
 
 def print_report(
