@@ -7,7 +7,8 @@ import enum
 
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
+
+from spindle.grpc_errors import error_details
 
 
 class ExitCode(enum.IntEnum):
@@ -65,9 +66,6 @@ def status_line(status: status_pb2.Status) -> str:
 
 def describe_call(error: grpc.RpcError) -> str:
     """A failed call in one line, with the ErrorInfo reason when the status carries one."""
-    try:
-        status = rpc_status.from_call(error)
-    except ValueError:  # details that do not match the call's status: leave them out
-        status = None
+    reason, _, _ = error_details(error)
     code: grpc.StatusCode = error.code()
-    return describe(code.name, str(error.details() or ""), error_reason(status))
+    return describe(code.name, str(error.details() or ""), reason)
