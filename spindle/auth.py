@@ -32,6 +32,7 @@ from typing import Any
 
 from spindle.errors import Unauthenticated
 from spindle.settings import SettingsError
+from spindle.tls import file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -130,26 +131,22 @@ class Principals:
         self._table = self._read()  # at start, a bad file is a SettingsError
 
     def _read(self) -> _Table:
+        stamp = file_stamp(self.path)
         try:
-            stat = os.stat(self.path)
             text = self.path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
             raise SettingsError(f"{self.path}: cannot read: {reason}") from None
         table = parse_principals(text, str(self.path))
-        self._stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        self._stamp = stamp
         return table
 
     def _current(self) -> _Table:
         now = self._clock()
         if now - self._checked >= RELOAD_CHECK_SECONDS:
             self._checked = now
-            try:
-                stat = os.stat(self.path)
-                changed = (stat.st_ino, stat.st_mtime_ns, stat.st_size) != self._stamp
-            except OSError:
-                changed = False
-            if changed:
+            stamp = file_stamp(self.path)
+            if stamp is not None and stamp != self._stamp:
                 try:
                     self._table = self._read()
                     log.info("reloaded the principals in %s", self.path)

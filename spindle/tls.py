@@ -21,6 +21,16 @@ from spindle.settings import SettingsError
 log = logging.getLogger(__name__)
 
 
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells a file's new content from its old: (inode, mtime, size);
+    None when it cannot be looked at."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_ino, found.st_mtime_ns, found.st_size
+
+
 class PemFiles:
     """A set of PEM files and the stamp (inode, mtime, size) they had when read."""
 
@@ -29,15 +39,7 @@ class PemFiles:
         self._stamp = self.stamp()
 
     def stamp(self) -> tuple[tuple[int, int, int], ...]:
-        stamps = []
-        for path in self.paths:
-            try:
-                found = os.stat(path)
-            except OSError:
-                stamps.append((0, 0, 0))
-                continue
-            stamps.append((found.st_ino, found.st_mtime_ns, found.st_size))
-        return tuple(stamps)
+        return tuple(file_stamp(path) or (0, 0, 0) for path in self.paths)
 
     def changed(self) -> bool:
         """True once after the files changed on disk."""
