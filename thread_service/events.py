@@ -20,7 +20,7 @@ from typing import Any
 from spindle import items
 from spindle.errors import ErrorCode, SpindleError
 from spindle.model import ItemDone, TextDelta, Usage
-from thread_service.records import TurnError, TurnStatus
+from thread_service.records import TurnError, TurnRecord, TurnStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,12 @@ class TurnCompleted:
     usage: Usage = field(default_factory=Usage)
     pending_function_calls: tuple[items.FunctionCall, ...] = ()
     error: TurnError | None = None
+
+    @classmethod
+    def of(cls, turn: TurnRecord) -> TurnCompleted:
+        """A turn's end as its record holds it (the calls it left open are
+        not kept there)."""
+        return cls(turn.id, turn.status, turn.usage, (), turn.error)
 
 
 Payload = TurnStarted | TextDelta | ItemDone | TurnCompleted

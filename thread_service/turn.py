@@ -278,7 +278,7 @@ class Turn:
                 saved.status.value,
             )
             self._on_end(Outcome(saved.status, saved.usage, saved.error))
-            self.log.append(TurnCompleted(self.id, saved.status, saved.usage, (), saved.error))
+            self.log.append(TurnCompleted.of(saved))
             self.superseded = True
             return True
         self._on_end(outcome)

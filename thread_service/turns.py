@@ -318,11 +318,7 @@ class Turns:
             async for batch in local.log.follow(after):
                 yield batch
             return
-        turn = await self.store.get_turn(turn_id)
-        if turn is None or turn.thread_id != thread.id:
-            raise NotFound(
-                f"turn {turn_id} of thread {thread.id} does not exist", reason="TURN_NOT_FOUND"
-            )
+        turn = await self._stored_turn(thread, turn_id)
         seen, completed = after, False
         while True:
             kept = await self.store.read_events(turn_id, seen)
@@ -341,8 +337,16 @@ class Turns:
             last = await self.store.read_events(turn_id, seen - 1)
             completed = bool(last) and isinstance(events.decode(*last[-1]).payload, TurnCompleted)
         if not completed:  # ended without its last event kept (its replica died)
-            ending = TurnCompleted(turn.id, turn.status, turn.usage, (), turn.error)
-            yield [TurnEvent(seen + 1, ending)]
+            yield [TurnEvent(seen + 1, TurnCompleted.of(turn))]
+
+    async def _stored_turn(self, thread: ThreadRecord, turn_id: str) -> TurnRecord:
+        """The thread's turn `turn_id` as stored; NOT_FOUND if it has none."""
+        turn = await self.store.get_turn(turn_id)
+        if turn is None or turn.thread_id != thread.id:
+            raise NotFound(
+                f"turn {turn_id} of thread {thread.id} does not exist", reason="TURN_NOT_FOUND"
+            )
+        return turn
 
     async def interrupt(self, thread_id: str, turn_id: str, caller: Principal = LOCAL) -> str:
         """Interrupt the named turn, here or on another replica (which notices
@@ -355,11 +359,7 @@ class Turns:
         if local is not None and local.thread_id == thread.id:
             local.interrupt(INTERRUPTED_BY_CALL)
             return turn_id
-        turn = await self.store.get_turn(turn_id)
-        if turn is None or turn.thread_id != thread.id:
-            raise NotFound(
-                f"turn {turn_id} of thread {thread.id} does not exist", reason="TURN_NOT_FOUND"
-            )
+        turn = await self._stored_turn(thread, turn_id)
         if turn.status is not TurnStatus.RUNNING:
             other = await self._running_on(thread.id)
             if other is not None:
