@@ -223,12 +223,7 @@ class Services:
     def thread_service(self) -> Process:
         """A fresh thread-service on the run's data: nothing in its history cache."""
         self.started += 1
-        args = [
-            *("--listen", "127.0.0.1:0"),
-            *("--model-service", self.model.address),
-            *("--data-dir", str(self.where.data_dir)),
-            *("--config-home", str(self.where.config_home)),
-        ]
+        args = ["--listen", "127.0.0.1:0", *self.where.thread_args(self.model.address)]
         process = Process(f"thread-service-{self.started}", "thread_service", args, self.tmp)
         _ = process.port()
         return process

@@ -39,6 +39,16 @@ class Where:
     config_home: Path
     postgres_url: str = ""
 
+    def thread_args(self, model_address: str) -> list[str]:
+        """The flags of a thread-service on this store, calling `model_address`."""
+        store = ["--store", self.postgres_url] if self.postgres_url else []
+        return [
+            *("--model-service", model_address),
+            *("--data-dir", str(self.data_dir)),
+            *("--config-home", str(self.config_home)),
+            *store,
+        ]
+
     async def open(self) -> SqlStore:
         if self.postgres_url:
             return await PostgresStore.open(self.postgres_url)

@@ -67,8 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     model_address = f"127.0.0.1:{free_port()}"
     model = start_profiled("model-service", "model_service", ["--listen", model_address], tmp)
     model.wait_serving(model_address)
-    thread_args = ["--model-service", model_address, "--data-dir", str(where.data_dir)]
-    thread_args += ["--config-home", str(where.config_home), "--listen", "127.0.0.1:0"]
+    thread_args = [*where.thread_args(model_address), "--listen", "127.0.0.1:0"]
     thread = start_profiled("thread-service", "thread_service", thread_args, tmp)
     try:
 

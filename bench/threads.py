@@ -211,14 +211,7 @@ class Bench:
 
     def thread_service(self, model: Process, where: Where) -> Process:
         """One more thread-service on the store `where` names."""
-        store = ["--store", where.postgres_url] if where.postgres_url else []
-        args = [
-            *("--model-service", model.address),
-            *("--data-dir", str(where.data_dir)),
-            *("--config-home", str(where.config_home)),
-            *("--sqlite-synchronous", self.synchronous),
-            *store,
-        ]
+        args = [*where.thread_args(model.address), "--sqlite-synchronous", self.synchronous]
         kind = "postgres" if where.postgres_url else "sqlite"
         label = f"thread-service-{kind}-{len(self.thread_services) + 1}"
         self.thread_services.append(self.start(label, "thread_service", args))
