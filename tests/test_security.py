@@ -22,7 +22,7 @@ from spindle.v1 import model_service_pb2_grpc as mpb_grpc
 from spindle.v1 import thread_service_pb2 as pb
 from spindle.v1 import thread_service_pb2_grpc as pb_grpc
 from tests.certs import Authority
-from tests.harness import LoopThread, ServiceProcess, Stack, start_stack, wait_until
+from tests.harness import LoopThread, ServiceProcess, Stack, service_pair, start_stack, wait_until
 from tests.rpc import events_of, fork, raises_status, user
 from thread_service.access import model_cache_key
 
@@ -322,28 +322,9 @@ def test_tls_mutual_tls_principals_and_certificate_reload(
         '[principals.alice-cert]\ntenant = "acme"\nclient_cert_names = ["alice.acme.test"]\n'
         f'trust_roots = ["{tmp_path / "work" / "acme"}"]',
     )
-    model_home = tmp_path / "model-home"
-    model = ServiceProcess("model_service", ["--config-home", str(model_home)])
-    thread = ServiceProcess(
-        "thread_service",
-        [
-            "--model-service",
-            model.address,
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--config-home",
-            str(tmp_path / "home"),
-            "--auth-file",
-            str(principals),
-            "--tls-cert",
-            str(server.cert),
-            "--tls-key",
-            str(server.key),
-            "--tls-client-ca",
-            ca.path.as_posix(),
-        ],
-    )
-    try:
+    tls = ["--tls-cert", str(server.cert), "--tls-key", str(server.key)]
+    tls += ["--tls-client-ca", ca.path.as_posix()]
+    with service_pair(tmp_path, ["--auth-file", str(principals), *tls]) as (_, thread):
         target = f"localhost:{thread.port}"
         alice_creds = grpc.ssl_channel_credentials(
             ca.path.read_bytes(), alice_cert.key.read_bytes(), alice_cert.cert.read_bytes()
@@ -376,9 +357,6 @@ def test_tls_mutual_tls_principals_and_certificate_reload(
             assert pb_grpc.ThreadServiceStub(channel).ListThreads(
                 pb.ListThreadsRequest(), timeout=10
             )
-    finally:
-        thread.stop()
-        model.stop()
 
 
 def test_the_model_service_serves_only_the_thread_service(
