@@ -525,22 +525,40 @@ def _segments(thread_id: str) -> Script[list[Run]]:
     return [(r["source_thread_id"], r["from_seq"], r["to_seq"]) for r in found]
 
 
-Part = tuple[str, str, tuple[Any, ...]]  # (source thread, condition on items, parameters)
+@dataclass(frozen=True, slots=True)
+class HistoryRun:
+    """A run of a thread's history: `source`'s items with seq from `start` up
+    to `end` (None: all it has); of an inherited run, only those a fork
+    inherits."""
+
+    source: str
+    start: int
+    end: int | None
+    inherited: bool
+
+    def where(self, start: int | None = None) -> tuple[str, tuple[Any, ...]]:
+        """The condition on `items` that selects the run (from seq `start`
+        on, when given), and its parameters."""
+        condition = "thread_id = ?"
+        params: list[Any] = [self.source]
+        begin = self.start if start is None else start
+        if begin:
+            condition += " AND seq >= ?"
+            params.append(begin)
+        if self.end is not None:
+            condition += " AND seq < ?"
+            params.append(self.end)
+        if self.inherited:
+            condition += " AND inheritable = 1"
+        return condition, tuple(params)
 
 
-def _history_parts(thread_id: str, own_upto: int | None) -> Script[list[Part]]:
-    """The runs of a thread's history, as (source thread, condition on items,
-    parameters): the inherited segments, read through `inheritable`, then its
-    own items (those before `own_upto`, when given)."""
+def _runs(thread_id: str, own_upto: int | None) -> Script[list[HistoryRun]]:
+    """The runs of a thread's history, in order: the inherited segments, then
+    its own items (those before `own_upto`, when given)."""
     inherited = yield from _segments(thread_id)
-    parts: list[Part] = [
-        (s[0], "thread_id = ? AND seq >= ? AND seq < ? AND inheritable = 1", s) for s in inherited
-    ]
-    if own_upto is None:
-        parts.append((thread_id, "thread_id = ?", (thread_id,)))
-    else:
-        parts.append((thread_id, "thread_id = ? AND seq < ?", (thread_id, own_upto)))
-    return parts
+    runs = [HistoryRun(source, start, end, True) for source, start, end in inherited]
+    return [*runs, HistoryRun(thread_id, 0, own_upto, False)]
 
 
 # A history item as read: its source thread and its row, not decoded yet.
@@ -566,9 +584,10 @@ def read_history(
     result: list[RawItem] = []
     skip = offset
     wanted = NO_LIMIT if limit is None else limit
-    for source, where, params in (yield from _history_parts(thread_id, own_upto)):
+    for run in (yield from _runs(thread_id, own_upto)):
         if len(result) >= wanted:
             break
+        where, params = run.where()
         if skip:
             found = yield one(f"SELECT COUNT(*) AS n FROM items WHERE {where}", *params)
             if found["n"] <= skip:
@@ -582,44 +601,29 @@ def read_history(
             skip,
         )
         skip = 0
-        result.extend((source, row) for row in stored)
+        result.extend((run.source, row) for row in stored)
     return result
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryRun:
-    """A run of a thread's history: `source`'s items with seq from `start` up
-    to `end`; of an inherited run, only those a fork inherits."""
-
-    source: str
-    start: int
-    end: int
-    inherited: bool
-
-
 def history_runs(thread_id: str, own_upto: int | None) -> Script[list[HistoryRun]]:
-    """The runs of a thread's whole history, in order: the inherited segments,
-    then its own items (those before `own_upto`, else all it has now). None of
-    these items ever changes once written, so the runs can be read apart."""
-    inherited = yield from _segments(thread_id)
+    """The runs of a thread's whole history, each with its end: its own items
+    are those before `own_upto`, else all it has now. None of these items ever
+    changes once written, so the runs can be read apart."""
     if own_upto is None:
         row = yield one("SELECT item_count FROM threads WHERE id = ?", thread_id)
         own_upto = int(row["item_count"]) if row else 0
-    runs = [HistoryRun(source, start, end, True) for source, start, end in inherited]
-    return [*runs, HistoryRun(thread_id, 0, own_upto, False)]
+    return (yield from _runs(thread_id, own_upto))
 
 
 def read_run(run: HistoryRun, start: int, limit: int) -> Script[tuple[list[RawItem], int]]:
-    """At most `limit` items of a run, from seq `start` on; and the seq to go
-    on from (the run's end once it is read to the end)."""
-    where = "thread_id = ? AND seq >= ? AND seq < ?"
-    if run.inherited:
-        where += " AND inheritable = 1"
+    """At most `limit` items of a run (one `history_runs` gave, so with an
+    end), from seq `start` on; and the seq to go on from (the run's end once
+    it is read to the end)."""
+    assert run.end is not None
+    where, params = run.where(start)
     found = yield rows(
         f"SELECT seq, turn_id, created_at, body FROM items WHERE {where} ORDER BY seq LIMIT ?",
-        run.source,
-        start,
-        run.end,
+        *params,
         limit,
     )
     after = int(found[-1]["seq"]) + 1 if len(found) == limit else run.end
@@ -628,7 +632,8 @@ def read_run(run: HistoryRun, start: int, limit: int) -> Script[tuple[list[RawIt
 
 def history_length(thread_id: str) -> Script[int]:
     total = 0
-    for _, where, params in (yield from _history_parts(thread_id, None)):
+    for run in (yield from _runs(thread_id, None)):
+        where, params = run.where()
         found = yield one(f"SELECT COUNT(*) AS n FROM items WHERE {where}", *params)
         total += found["n"]
     return total

@@ -129,8 +129,9 @@ class SqlStore:
     async def _read_whole_history(self, thread_id: str, version: int | None) -> list[StoredItem]:
         found: list[StoredItem] = []
         for run in await self._read(ops.history_runs, thread_id, version):
-            start = run.start
-            while start < run.end:
+            start, end = run.start, run.end
+            assert end is not None  # history_runs gives each run its end
+            while start < end:
                 if found:
                     await pause()
                 raw, start = await self._read(ops.read_run, run, start, HISTORY_SLICE)
