@@ -719,11 +719,8 @@ def delta_lines(mode: Mode) -> list[str]:
         f"p99(through) - p99(direct) = {ms(mode.p99_delta())} ms"
     ]
     if mode.pairs:
-        low, high = median_ci(mode.pairs)
         lines.append(
-            f"per-pair difference, {mode.title} (n={len(mode.pairs)}): "
-            f"p50 {ms(percentile(mode.pairs, 50))} ms (95% CI {ms(low)}-{ms(high)}), "
-            f"p99 {ms(percentile(mode.pairs, 99))} ms"
+            f"per-pair difference, {mode.title} (n={len(mode.pairs)}): {ci_text(mode.pairs)}"
         )
     if mode.pairs and mode.paced:
         lines.append(f"grpc.aio floor, {mode.title}: not comparable, it streams without pauses")
@@ -760,10 +757,20 @@ def notes(modes: Sequence[Mode]) -> list[str]:
     return [*(line for mode in modes for line in delta_lines(mode)), verdict(modes)]
 
 
-def markdown(header: Sequence[str], modes: Sequence[Mode]) -> str:
-    lines = [f"**Spindle model-service overhead** ({header[0]})", "", table(modes).markdown(), ""]
-    lines += [f"- {line}" for line in [*notes(modes), *header[1:]]]
-    return "\n".join(lines)
+def markdown(name: str, head: Sequence[str], figures: Table, lines: Sequence[str]) -> str:
+    text = [f"**{name}** ({head[0]})", "", figures.markdown(), ""]
+    text += [f"- {line}" for line in [*lines, *head[1:]]]
+    return "\n".join(text)
+
+
+def show(name: str, head: Sequence[str], figures: Table, lines: Sequence[str]) -> None:
+    """The report for the terminal, then as markdown for a note."""
+    print("\n" + "\n".join(head) + "\n")
+    print(figures.text())
+    print()
+    print("\n".join(lines))
+    print("\n--- markdown ---\n")
+    print(markdown(name, head, figures, lines))
 
 
 def mode_json(mode: Mode) -> dict[str, Any]:
@@ -931,17 +938,6 @@ def paced_header(setup: Setup, load_before: str, shape: Shape) -> list[str]:
     ]
 
 
-def paced_markdown(head: Sequence[str], paced: Paced) -> str:
-    lines = [
-        f"**Spindle model-service latency per delta** ({head[0]})",
-        "",
-        paced_table(paced).markdown(),
-        "",
-    ]
-    lines += [f"- {line}" for line in [*paced_notes(paced), *head[1:]]]
-    return "\n".join(lines)
-
-
 def paced_json(head: Sequence[str], paced: Paced, counts: Counts) -> dict[str, Any]:
     def figures(values: Sequence[float]) -> dict[str, Any]:
         low, high = median_ci(values)
@@ -1058,22 +1054,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if setup.paced:
         head, paced = run_paced(setup)
-        print("\n" + "\n".join(head) + "\n")
-        print(paced_table(paced).text())
-        print()
-        print("\n".join(paced_notes(paced)))
-        print("\n--- markdown ---\n")
-        print(paced_markdown(head, paced))
+        name = "Spindle model-service latency per delta"
+        show(name, head, paced_table(paced), paced_notes(paced))
         if args.json is not None:
             write_json(args.json, paced_json(head, paced, setup.counts))
         return
     head, modes = run(setup)
-    print("\n" + "\n".join(head) + "\n")
-    print(table(modes).text())
-    print()
-    print("\n".join(notes(modes)))
-    print("\n--- markdown ---\n")
-    print(markdown(head, modes))
+    show("Spindle model-service overhead", head, table(modes), notes(modes))
     if args.json is not None:
         write_json(args.json, as_json(head, modes, setup.counts))
 
